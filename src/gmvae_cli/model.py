@@ -7,6 +7,7 @@ where clusters live (x_dim), `w` the noise the mixture components are made from 
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -39,7 +40,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         d = dict(d)
         d["hidden"] = tuple(d["hidden"])
         return cls(**d)
@@ -54,6 +55,7 @@ class ELBOTerms:
     w_prior: torch.Tensor  # KL(q(w|y) || N(0, I))
     z_prior: torch.Tensor  # max(λ, E[KL(p(z|x,w) || p(z))])
     z_prior_raw: torch.Tensor = field(default=None)  # the KL before the threshold
+    responsibilities: torch.Tensor = field(default=None)  # (B, K) mean p(z|x,w), detached
 
     @property
     def elbo(self) -> torch.Tensor:
@@ -115,7 +117,7 @@ def thresholded(kl_mean, lambda_z: float):
 
 def mlp(sizes: list[int], batch_norm: bool) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+    for n_in, n_out in itertools.pairwise(sizes):
         layers.append(nn.Linear(n_in, n_out))
         if batch_norm:
             layers.append(nn.BatchNorm1d(n_out))
@@ -228,6 +230,7 @@ class GMVAENet(nn.Module):
             w_prior=w_prior.mean(),
             z_prior=thresholded(z_kl, self.cfg.lambda_z),
             z_prior_raw=z_kl,
+            responsibilities=log_pz.exp().mean(0).detach(),
         )
 
     @torch.no_grad()

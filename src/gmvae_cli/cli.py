@@ -1,0 +1,175 @@
+"""The `gmvae` command line: thin commands over the library API (api.GMVAE)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gmvae_cli import __version__
+from gmvae_cli.api import GMVAE
+from gmvae_cli.data import TableWriter, iter_table, read_table
+from gmvae_cli.errors import UserError
+from gmvae_cli.options import (
+    DEBUG,
+    BatchSize,
+    Device,
+    Format,
+    IdColumn,
+    Key,
+    Output,
+    Quiet,
+    Seed,
+    handle_errors,
+    parse_list,
+    parse_sizes,
+)
+from gmvae_cli.progress import Reporter, note
+
+app = typer.Typer(
+    help="Cluster the rows of a feature table with a Gaussian Mixture VAE.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals can hold whole tables
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"gmvae {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Show the version.")
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    DEBUG["on"] = debug
+
+
+@app.command()
+@handle_errors
+def train(
+    data: Annotated[str, typer.Argument(help="Feature table: .csv, .parquet, .h5, or - for CSV on stdin.")],
+    k: Annotated[int, typer.Option("--k", help="Number of clusters K.")] = 10,
+    output: Annotated[str, typer.Option("-o", "--output", help="Checkpoint to write.")] = "model.pt",
+    recipe: Annotated[str, typer.Option(help="default (warm start + ELBO) or paper (the spec's ELBO alone).")] = "default",
+    epochs: Annotated[int | None, typer.Option(help="GMVAE epochs (default: the recipe's).")] = None,
+    batch_size: BatchSize = 128,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate (default: the recipe's).")] = None,
+    x_dim: Annotated[int, typer.Option(help="Dimension of the latent x, where clusters live.")] = 10,
+    w_dim: Annotated[int, typer.Option(help="Dimension of the latent w.")] = 10,
+    hidden: Annotated[str, typer.Option(help="Encoder layer sizes; the decoder mirrors them.")] = "500,500",
+    mc_samples: Annotated[int, typer.Option(help="Monte-Carlo samples M per row.")] = 1,
+    lambda_z: Annotated[float, typer.Option("--lambda", help="z-prior threshold λ.")] = 0.5,
+    likelihood: Annotated[str, typer.Option(help="auto, gaussian or bernoulli.")] = "auto",
+    restarts: Annotated[int, typer.Option(help="Independent fits; the best ELBO is kept.")] = 1,
+    seed: Seed = 0,
+    device: Device = "auto",
+    columns: Annotated[str | None, typer.Option(help="Comma-separated feature columns.")] = None,
+    exclude: Annotated[str | None, typer.Option(help="Comma-separated columns to leave out.")] = None,
+    id_column: IdColumn = None,
+    missing: Annotated[str, typer.Option(help="NaN/inf values: error, drop or mean.")] = "error",
+    fmt: Format = None,
+    key: Key = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run saved in --output.")] = False,
+    quiet: Quiet = False,
+) -> None:
+    """Train a GMVAE on DATA and write a checkpoint.
+
+    Example: gmvae train data.parquet --k 10 -o model.pt
+    """
+    model = GMVAE(
+        k=k, x_dim=x_dim, w_dim=w_dim, hidden=parse_sizes(hidden, "--hidden"),
+        mc_samples=mc_samples, lambda_z=lambda_z, likelihood=likelihood, recipe=recipe,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, restarts=restarts,
+        device=device, missing=missing,
+    )
+    frame = read_table(data, fmt, key)
+    say = (lambda s: None) if quiet else note
+    try:
+        with Reporter(quiet) as reporter:
+            model.fit(
+                frame, columns=parse_list(columns) or None, exclude=parse_list(exclude),
+                id_column=id_column, checkpoint_path=output, resume=resume,
+                reporter=reporter, note=say,
+            )
+    except KeyboardInterrupt:
+        note(f"interrupted: the last finished epoch is saved in {output}; "
+             f"continue with the same command and --resume")
+        raise
+    terms = model.terms_
+    say(f"wrote {output}: K={model.config.k}, ELBO {terms['elbo']:.3f}, "
+        f"cluster sizes {model.cluster_sizes_}")
+    warn_collapse(model, say)
+
+
+def warn_collapse(model: GMVAE, say) -> None:
+    used = model.effective_clusters()
+    if used < model.config.k:
+        say(f"warning: only {used} of {model.config.k} clusters hold at least 1% of the rows "
+            f"(sizes {model.cluster_sizes_}); try a lower --k, another --lambda, more --epochs "
+            "or --restarts")
+
+
+@app.command()
+@handle_errors
+def assign(
+    model_path: Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint from gmvae train.")],
+    data: Annotated[str, typer.Argument(help="Table to assign: .csv, .parquet, .h5, or - for stdin.")],
+    output: Output = None,
+    probs: Annotated[bool, typer.Option("--probs", help="Add prob_0 … prob_{K-1}.")] = False,
+    id_column: IdColumn = None,
+    mc_samples: Annotated[int, typer.Option(help="0: posterior means (deterministic); else samples.")] = 0,
+    batch_size: BatchSize = 65536,
+    device: Device = "cpu",
+    fmt: Format = None,
+    key: Key = None,
+) -> None:
+    """Assign each row of DATA to a cluster; CSV on stdout unless -o.
+
+    Example: gmvae assign model.pt input.csv -o clusters.parquet --probs
+    """
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    if mc_samples < 0:
+        raise UserError(f"--mc-samples must be 0 or more, got {mc_samples}")
+    model = GMVAE.load(model_path, device=device)
+    with TableWriter(output, inputs=(data, model_path)) as writer:
+        chunks = iter_table(data, fmt, key, chunk_rows=batch_size)
+        for frame in model.assign_chunks(
+            chunks, probs=probs, id_column=id_column, mc_samples=mc_samples
+        ):
+            writer.write(frame)
+
+
+@app.command()
+@handle_errors
+def info(
+    model_path: Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint from gmvae train.")],
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+) -> None:
+    """Show what a checkpoint holds.
+
+    Example: gmvae info model.pt --json
+    """
+    model = GMVAE.load(model_path)
+    summary = model.summary()
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=model_path, show_header=False)
+    for name, value in summary.items():
+        table.add_row(name, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
+    Console(soft_wrap=True).print(table)
+    warn_collapse(model, note)
+
+
+def main() -> None:
+    app()

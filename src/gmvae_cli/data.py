@@ -1,0 +1,239 @@
+"""Reading feature tables (CSV, Parquet, HDF5) in chunks, and writing result tables atomically.
+
+Every reader yields pandas DataFrames of at most `chunk_rows` rows, so callers that work
+chunk by chunk (assign, embed) keep memory bounded whatever the file size; `read_table`
+concatenates the chunks for callers that need everything (training).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from typing_extensions import Self
+
+from gmvae_cli.errors import UserError
+
+FORMATS = ("csv", "parquet", "hdf5")
+SUFFIXES = {
+    ".csv": "csv",
+    ".txt": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".h5": "hdf5",
+    ".hdf5": "hdf5",
+    ".hdf": "hdf5",
+}
+STDIO = "-"
+DEFAULT_CHUNK_ROWS = 65_536
+
+
+def detect_format(path: str, fmt: str | None) -> str:
+    if fmt:
+        if fmt not in FORMATS:
+            raise UserError(f"--format {fmt!r} is not known; use one of {', '.join(FORMATS)}")
+        return fmt
+    if path == STDIO:
+        return "csv"
+    suffix = Path(path).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UserError(
+            f"cannot tell the format of {path!r} from its suffix {suffix or '(none)'!r}; "
+            f"pass --format {'|'.join(FORMATS)}"
+        )
+    return SUFFIXES[suffix]
+
+
+def check_readable(path: str) -> None:
+    if path == STDIO:
+        return
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{path}: no such file; check the path")
+    if p.is_dir():
+        raise UserError(f"{path} is a directory; pass a data file")
+    if p.stat().st_size == 0:
+        raise UserError(f"{path} is empty; it needs a header row and at least one data row")
+
+
+def iter_table(
+    path: str, fmt: str | None = None, key: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> Iterator[pd.DataFrame]:
+    """Yield the table at `path` (or stdin for '-') in chunks of at most chunk_rows rows."""
+    fmt = detect_format(path, fmt)
+    check_readable(path)
+    reader = {"csv": _iter_csv, "parquet": _iter_parquet, "hdf5": _iter_hdf5}[fmt]
+    any_rows = False
+    for chunk in reader(path, key, chunk_rows):
+        if len(chunk):
+            any_rows = True
+            yield chunk
+    if not any_rows:
+        name = "standard input" if path == STDIO else path
+        raise UserError(f"{name} has no data rows; it needs at least one row below the header")
+
+
+def read_table(path: str, fmt: str | None = None, key: str | None = None) -> pd.DataFrame:
+    return pd.concat(list(iter_table(path, fmt, key)), ignore_index=True)
+
+
+def _iter_csv(path: str, key: str | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    source = path
+    if path == STDIO:
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
+        if not data.strip():
+            raise UserError("standard input is empty; pipe a CSV table with a header row")
+        source = io.BytesIO(data if isinstance(data, bytes) else data.encode())
+    name = "standard input" if path == STDIO else path
+    sep = "\t" if str(path).lower().endswith(".tsv") else ","
+    try:
+        with pd.read_csv(source, sep=sep, chunksize=chunk_rows) as reader:
+            yield from reader
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{name} is empty; it needs a header row and at least one data row")
+    except pd.errors.ParserError as e:
+        detail = str(e).strip().splitlines()[-1]
+        raise UserError(f"{name} is not a well-formed CSV table ({detail}); fix the rows named")
+    except UnicodeDecodeError:
+        raise UserError(f"{name} is not a text CSV file; pass --format if it is Parquet or HDF5")
+
+
+def _iter_parquet(path: str, key: str | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    if path == STDIO:
+        raise UserError("Parquet cannot be read from standard input; pass a file path")
+    try:
+        parquet = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise UserError(f"{path} is not a readable Parquet file ({e}); check the file or --format")
+    for batch in parquet.iter_batches(batch_size=chunk_rows):
+        yield batch.to_pandas()
+
+
+def hdf5_datasets(h5: h5py.File) -> list[str]:
+    found: list[str] = []
+    h5.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+def _pick_hdf5_dataset(h5: h5py.File, path: str, key: str | None) -> h5py.Dataset:
+    names = hdf5_datasets(h5)
+    if key is None:
+        two_d = [n for n in names if h5[n].ndim == 2]
+        if len(two_d) != 1:
+            raise UserError(
+                f"{path} holds {len(two_d)} 2-D datasets ({', '.join(names) or 'none'}); "
+                "choose one with --key"
+            )
+        key = two_d[0]
+    if key not in h5 or not isinstance(h5[key], h5py.Dataset):
+        raise UserError(
+            f"{path} has no dataset {key!r}; choose --key from: {', '.join(names) or '(none)'}"
+        )
+    ds = h5[key]
+    if ds.ndim != 2:
+        raise UserError(
+            f"dataset {key!r} in {path} has shape {ds.shape}; gmvae needs a 2-D table "
+            "(rows × features): choose another --key"
+        )
+    return ds
+
+
+def _iter_hdf5(path: str, key: str | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    if path == STDIO:
+        raise UserError("HDF5 cannot be read from standard input; pass a file path")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError:
+        raise UserError(f"{path} is not a readable HDF5 file; check the file or --format")
+    with h5:
+        ds = _pick_hdf5_dataset(h5, path, key)
+        columns = [f"f{i}" for i in range(ds.shape[1])]
+        for start in range(0, ds.shape[0], chunk_rows):
+            block = ds[start : start + chunk_rows]  # one slice in memory at a time
+            yield pd.DataFrame(block, columns=columns)
+
+
+def read_hdf5_array(path: str, key: str) -> np.ndarray:
+    """A whole HDF5 dataset of any shape (e.g. labels held beside the data)."""
+    check_readable(path)
+    try:
+        with h5py.File(path, "r") as h5:
+            if key not in h5 or not isinstance(h5[key], h5py.Dataset):
+                names = ", ".join(hdf5_datasets(h5)) or "(none)"
+                raise UserError(f"{path} has no dataset {key!r}; choose from: {names}")
+            return h5[key][()]
+    except OSError:
+        raise UserError(f"{path} is not a readable HDF5 file; check the path")
+
+
+class TableWriter:
+    """Writes a table chunk by chunk to CSV or Parquet, or CSV on stdout for None / '-'.
+
+    A file is written to a temporary name beside it and renamed into place only when
+    everything succeeded, so a failure never leaves a partial output file.
+    """
+
+    def __init__(self, path: str | None, inputs: tuple[str, ...] = ()):
+        self.path = None if path in (None, STDIO) else path
+        self.fmt = "csv"
+        self._parquet: pq.ParquetWriter | None = None
+        self._tmp: str | None = None
+        self._handle = None
+        self._header_done = False
+        if self.path is None:
+            return
+        suffix = Path(self.path).suffix.lower()
+        if suffix not in (".csv", ".parquet", ".pq"):
+            raise UserError(f"output {self.path!r} must end in .csv or .parquet")
+        self.fmt = "parquet" if suffix in (".parquet", ".pq") else "csv"
+        target = Path(self.path).resolve()
+        for given in inputs:
+            if given != STDIO and Path(given).exists() and Path(given).resolve() == target:
+                raise UserError(f"output {self.path} is also an input; write to another file")
+        folder = target.parent
+        if not folder.is_dir():
+            raise UserError(f"cannot write {self.path}: folder {folder} does not exist")
+        try:
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        except OSError as e:
+            raise UserError(f"cannot write {self.path}: {e.strerror}; choose another -o path")
+        os.close(fd)
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.fmt == "parquet":
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self._tmp, table.schema)
+            self._parquet.write_table(table)
+            return
+        if self._handle is None:
+            self._handle = sys.stdout if self.path is None else open(self._tmp, "w", newline="")  # noqa: SIM115 (closed in __exit__)
+        frame.to_csv(self._handle, index=False, header=not self._header_done)
+        self._header_done = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._parquet is not None:
+            self._parquet.close()
+        if self._handle is not None and self._handle is not sys.stdout:
+            self._handle.close()
+        elif self._handle is sys.stdout:
+            sys.stdout.flush()
+        if self._tmp is None:
+            return
+        if exc_type is None:
+            os.replace(self._tmp, self.path)
+        else:
+            Path(self._tmp).unlink(missing_ok=True)

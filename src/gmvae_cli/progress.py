@@ -1,0 +1,51 @@
+"""Progress on stderr: a rich bar when stderr is a terminal, nothing with --quiet.
+
+Stdout is kept for data, so every note, warning and bar goes to this stderr console.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from typing_extensions import Self
+
+stderr = Console(stderr=True, soft_wrap=True)
+
+
+def note(message: str) -> None:
+    """A one-line note for people, on stderr."""
+    stderr.print(message, markup=False, highlight=False)
+
+
+class Reporter:
+    """One bar per stage (pretraining, training, …); `update` moves it and shows the ELBO."""
+
+    def __init__(self, quiet: bool = False):
+        self.enabled = not quiet and stderr.is_terminal
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[info]}"),
+            console=stderr,
+            disable=not self.enabled,
+            transient=False,
+        )
+        self._task = None
+
+    def __enter__(self) -> Self:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.__exit__(*exc)
+
+    def stage(self, description: str, total: int) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, visible=True)
+        self._task = self._progress.add_task(description, total=total, info="")
+
+    def update(self, advance: int = 1, info: str = "") -> None:
+        if self._task is not None:
+            self._progress.update(self._task, advance=advance, info=info)
