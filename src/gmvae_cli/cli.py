@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gmvae_cli import __version__
+from gmvae_cli import __version__, evaluate, sampling
 from gmvae_cli.api import GMVAE
 from gmvae_cli.data import TableWriter, iter_table, read_table
 from gmvae_cli.errors import UserError
@@ -169,6 +169,11 @@ def info(
         table.add_row(name, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
     Console(soft_wrap=True).print(table)
     warn_collapse(model, note)
+
+
+# Commands that live in their own modules (each already wrapped in handle_errors).
+app.command()(evaluate.evaluate)
+app.command()(sampling.sample)
 
 
 def main() -> None:

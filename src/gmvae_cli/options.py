@@ -97,3 +97,5 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or n
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or mps.")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed: same seed, data and device, same result.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Rows per batch.")]
+ModelPath = Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint from gmvae train.")]
+AsJson = Annotated[bool, typer.Option("--json", help="One JSON object on stdout, for scripts.")]

@@ -1,0 +1,147 @@
+"""PNG pictures: the evaluation figure and the grid of sampled images.
+
+matplotlib runs on the Agg backend (no display needed). Every picture is written to a
+temporary name beside the target and renamed into place, so a failure leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.image as mpimg
+import matplotlib.pyplot as plt
+import numpy as np
+
+from gmvae_cli.errors import UserError
+
+DPI = 100
+# The evaluation figure, in inches at DPI: confusion matrix and sizes side by side, or sizes alone.
+FIGURE_WITH_LABELS = (13.0, 5.5)
+FIGURE_SIZES_ONLY = (6.5, 4.5)
+ANNOTATE_MAX_CELLS = 400  # write the counts into the heatmap cells up to this many cells
+GRID_PAD = 1  # pixels between the images of a sample grid
+
+
+def check_png(path: str, option: str) -> None:
+    """Fail early, before any work, on a picture path that cannot be written."""
+    if Path(path).suffix.lower() != ".png":
+        raise UserError(f"{option} {path!r} must end in .png")
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise UserError(f"cannot write {path}: folder {folder} does not exist")
+
+
+def _write_atomically(path: str, write: Callable[[str], None]) -> None:
+    target = Path(path).resolve()
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {e.strerror}; choose another path")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def evaluation_figure(path: str, report: dict) -> None:
+    """Cluster sizes, and with labels a confusion-matrix heatmap (labels × clusters)."""
+    labels = report.get("labels")
+    size = FIGURE_WITH_LABELS if labels else FIGURE_SIZES_ONLY
+    fig = plt.figure(figsize=size, dpi=DPI)
+    try:
+        if labels:
+            heat_ax, sizes_ax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 2]})
+            _confusion_heatmap(heat_ax, fig, labels)
+        else:
+            sizes_ax = fig.subplots()
+        k = len(report["cluster_sizes"])
+        sizes_ax.bar(range(k), report["cluster_sizes"], color="tab:blue")
+        sizes_ax.set_xlabel("cluster")
+        sizes_ax.set_ylabel("rows")
+        sizes_ax.set_title(f"cluster sizes ({report['effective_clusters']} of {k} effective)")
+        if k <= 40:
+            sizes_ax.set_xticks(range(k))
+        fig.tight_layout()
+        _write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+    finally:
+        plt.close(fig)
+
+
+def _confusion_heatmap(ax, fig, labels: dict) -> None:
+    matrix = np.asarray(labels["confusion"])  # (n_labels, K)
+    image = ax.imshow(matrix, aspect="auto", cmap="Blues", interpolation="nearest")
+    fig.colorbar(image, ax=ax, label="rows")
+    n_labels, k = matrix.shape
+    if k <= 40:
+        ax.set_xticks(range(k))
+    if n_labels <= 40:
+        ax.set_yticks(range(n_labels), [str(c) for c in labels["classes"]])
+    if matrix.size <= ANNOTATE_MAX_CELLS:
+        threshold = matrix.max() / 2
+        for (i, j), count in np.ndenumerate(matrix):
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                    color="white" if count > threshold else "black")
+    ax.set_xlabel("cluster")
+    ax.set_ylabel("label")
+    ax.set_title(
+        f"confusion matrix — accuracy {labels['accuracy_hungarian']:.3f} (Hungarian), "
+        f"{labels['accuracy_majority']:.3f} (majority)"
+    )
+
+
+def parse_image_shape(text: str | None, n_features: int) -> tuple[int, int]:
+    """'HxW' -> (H, W); without it, a square when the number of features is a square."""
+    if text is None:
+        side = round(n_features**0.5)
+        if side * side != n_features:
+            raise UserError(
+                f"--grid needs --image-shape HxW: the model's {n_features} columns are not a "
+                "square image"
+            )
+        return side, side
+    parts = text.lower().split("x")
+    try:
+        height, width = (int(p) for p in parts)
+    except ValueError:
+        raise UserError(f"--image-shape takes HxW such as 28x28, got {text!r}")
+    if height < 1 or width < 1 or height * width != n_features:
+        raise UserError(
+            f"--image-shape {text} holds {height * width} pixels but the model has "
+            f"{n_features} columns; pick H and W with H×W = {n_features}"
+        )
+    return height, width
+
+
+def grid_shape(rows: int, columns: int, shape: tuple[int, int]) -> tuple[int, int]:
+    """Pixel (height, width) of a grid of rows × columns images of this shape."""
+    height, width = shape
+    return rows * (height + GRID_PAD) + GRID_PAD, columns * (width + GRID_PAD) + GRID_PAD
+
+
+def sample_grid(path: str, images: list[np.ndarray], shape: tuple[int, int]) -> None:
+    """One row of images per entry of `images` (each (n_i, H*W)), grey on a black frame.
+
+    Values are shown on one shared scale from the smallest to the largest value.
+    """
+    height, width = shape
+    columns = max(len(block) for block in images)
+    canvas = np.full(grid_shape(len(images), columns, shape), np.nan)
+    finite = np.concatenate([block.ravel() for block in images])
+    low, high = float(np.nanmin(finite)), float(np.nanmax(finite))
+    for r, block in enumerate(images):
+        for c, row in enumerate(block):
+            top, left = GRID_PAD + r * (height + GRID_PAD), GRID_PAD + c * (width + GRID_PAD)
+            canvas[top : top + height, left : left + width] = row.reshape(height, width)
+    canvas = np.nan_to_num(canvas, nan=low)  # the frame and empty cells are the darkest value
+    vmax = high if high > low else low + 1.0
+    _write_atomically(
+        path, lambda tmp: mpimg.imsave(tmp, canvas, cmap="gray", vmin=low, vmax=vmax, format="png")
+    )
