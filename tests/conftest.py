@@ -6,9 +6,9 @@ Tests keep networks tiny (hidden 32,32) and epochs few so `make test` stays fast
 from __future__ import annotations
 
 import numpy as np
-import torch
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from gmvae_cli.cli import app

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST_TRAIN, run_cli
 from sklearn.metrics import adjusted_rand_score
 
+from conftest import FAST_TRAIN, run_cli
 from gmvae_cli import checkpoint
 
 
@@ -52,7 +52,7 @@ def test_assign_through_a_shell_pipe(tmp_path, trained_model, blobs_csv, blobs):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = tmp_path / "out.csv"
     cmd = f"cat {blobs_csv} | {gmvae} assign {trained_model} - > {out}"
-    done = subprocess.run(cmd, shell=True, capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(cmd, shell=True, capture_output=True, text=True, env=env, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assigned = pd.read_csv(out)
     assert adjusted_rand_score(blobs[1], assigned["cluster"]) >= 0.9

@@ -8,9 +8,10 @@ def test_version():
 
 
 def test_trained_model_assigns(trained_model, blobs_csv, blobs):
-    from sklearn.metrics import adjusted_rand_score
     import io
+
     import pandas as pd
+    from sklearn.metrics import adjusted_rand_score
 
     result = run_cli("assign", trained_model, blobs_csv)
     assert result.exit_code == 0, result.stderr

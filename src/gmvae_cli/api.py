@@ -276,7 +276,7 @@ class GMVAE:
                 torch.manual_seed(seed)
             for start in range(0, n, EVAL_BATCH):
                 idx = torch.from_numpy(labels[start : start + EVAL_BATCH]).to(device)
-                out, logvar = net.sample(idx, mean=mean)  # (batch, D)
+                out, logvar = net.sample(idx)  # (batch, D)
                 if bernoulli and binary:
                     out = (out >= 0.5).float() if mean else torch.bernoulli(out)
                 elif not bernoulli and not mean:

@@ -253,11 +253,11 @@ class GMVAENet(nn.Module):
         return x_mu, w_mu
 
     @torch.no_grad()
-    def sample(self, clusters: torch.Tensor, mean: bool = False):
-        """Rows from the generative model for the given cluster indices (n,).
+    def sample(self, clusters: torch.Tensor):
+        """Decode one draw of x from each named component k (n,), with w ~ N(0, I).
 
-        Returns the decoder mean (Gaussian) or probabilities (Bernoulli), plus, unless mean,
-        the log-variance for Gaussian draws.
+        Returns (decoder mean, log-variance) for Gaussian rows, (probabilities, None) for
+        Bernoulli rows; the caller decides whether to add the decoder's own noise.
         """
         n = clusters.shape[0]
         w = torch.randn(n, self.cfg.w_dim, device=clusters.device)
