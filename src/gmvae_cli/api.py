@@ -183,13 +183,22 @@ class GMVAE:
         return self._log_proba(self.matrix(table)[0]).argmax(1)
 
     def transform(self, table, with_w: bool = False) -> np.ndarray:
-        """Posterior means of x (and of w with with_w) per kept row."""
+        """Posterior means of x (and of w with with_w) per kept row: (rows, x_dim [+ w_dim])."""
+        return self._embed_matrix(self.matrix(table)[0], with_w)
+
+    def embedding_columns(self, with_w: bool = False) -> list[str]:
+        """Names of transform's columns: x_0 … x_{x_dim-1}, then w_0 … with with_w."""
+        names = [f"x_{j}" for j in range(self.config.x_dim)]
+        return names + ([f"w_{j}" for j in range(self.config.w_dim)] if with_w else [])
+
+    def _embed_matrix(self, matrix: np.ndarray, with_w: bool) -> np.ndarray:
         def fn(y):
-            x, w = self.net_.embed(y)
+            x, w = self.net_.embed(y)  # (batch, x_dim), (batch, w_dim)
             return torch.cat([x, w], dim=1) if with_w else x
 
-        parts = list(self._batched(self.matrix(table)[0], fn))
-        return torch.cat(parts).numpy()
+        parts = list(self._batched(matrix, fn))
+        width = len(self.embedding_columns(with_w))
+        return torch.cat(parts).numpy() if parts else np.zeros((0, width), np.float32)
 
     def assign_chunks(
         self,
@@ -202,31 +211,74 @@ class GMVAE:
         """One output row per input row, chunk by chunk: id (or row number), cluster,
         confidence and optionally prob_0 … prob_{K-1}. Rows dropped by --missing drop get
         empty values."""
+
+        def columns(matrix: np.ndarray, keep: np.ndarray) -> dict:
+            return self._cluster_columns(matrix, keep, probs=probs, mc_samples=mc_samples)
+
+        return self._per_row(chunks, id_column, columns)
+
+    def embed_chunks(
+        self,
+        chunks: Iterable[pd.DataFrame],
+        *,
+        with_w: bool = False,
+        with_cluster: bool = False,
+        id_column: str | None = None,
+    ) -> Iterable[pd.DataFrame]:
+        """One output row per input row, chunk by chunk: id (or row number), the posterior
+        means x_0 … x_{x_dim-1}, optionally w_0 … w_{w_dim-1}, and optionally cluster and
+        confidence exactly as assign_chunks gives them. Rows dropped by --missing drop get
+        empty values."""
+        names = self.embedding_columns(with_w)
+
+        def columns(matrix: np.ndarray, keep: np.ndarray) -> dict:
+            values = np.full((len(keep), len(names)), np.nan, dtype=np.float32)
+            values[keep] = self._embed_matrix(matrix, with_w)
+            out = {name: values[:, j] for j, name in enumerate(names)}
+            if with_cluster:
+                out.update(self._cluster_columns(matrix, keep))
+            return out
+
+        return self._per_row(chunks, id_column, columns)
+
+    def _per_row(
+        self,
+        chunks: Iterable[pd.DataFrame],
+        id_column: str | None,
+        columns: Callable[[np.ndarray, np.ndarray], dict],
+    ) -> Iterable[pd.DataFrame]:
+        """The row bookkeeping assign and embed share: each chunk becomes a frame with one row
+        per input row, the id column (or `row`, the row number across chunks) first, then
+        `columns(matrix, keep)` computed from the chunk's kept rows, full length."""
         offset = 0
         for chunk in chunks:
-            matrix, keep = self.matrix(chunk)
-            log_p = self._log_proba(matrix, mc_samples)
-            out = pd.DataFrame(index=range(len(chunk)))
             if id_column is not None and id_column not in chunk.columns:
                 raise UserError(f"--id-column {id_column!r} is not in the input table")
+            matrix, keep = self.matrix(chunk)
             # The id column from training is used where the input has it, else row numbers.
             ids = id_column or (self.id_column_ if self.id_column_ in chunk.columns else None)
             if ids is not None:
-                out[ids] = chunk[ids].to_numpy()
+                first = {ids: chunk[ids].to_numpy()}
             else:
-                out["row"] = np.arange(offset, offset + len(chunk))
-            cluster = pd.array([pd.NA] * len(chunk), dtype="Int64")
-            cluster[keep] = log_p.argmax(1)
-            confidence = np.full(len(chunk), np.nan)
-            confidence[keep] = np.exp(log_p.max(1))
-            out["cluster"], out["confidence"] = cluster, confidence
-            if probs:
-                p = np.full((len(chunk), self.config.k), np.nan)
-                p[keep] = np.exp(log_p)
-                for j in range(self.config.k):
-                    out[f"prob_{j}"] = p[:, j]
+                first = {"row": np.arange(offset, offset + len(chunk))}
             offset += len(chunk)
-            yield out
+            yield pd.DataFrame({**first, **columns(matrix, keep)})
+
+    def _cluster_columns(
+        self, matrix: np.ndarray, keep: np.ndarray, probs: bool = False, mc_samples: int = 0
+    ) -> dict:
+        """cluster, confidence (and prob_0 … with probs) for every row; empty where not kept."""
+        log_p = self._log_proba(matrix, mc_samples)  # (kept rows, K)
+        cluster = pd.array([pd.NA] * len(keep), dtype="Int64")
+        cluster[keep] = log_p.argmax(1)
+        confidence = np.full(len(keep), np.nan)
+        confidence[keep] = np.exp(log_p.max(1))
+        out = {"cluster": cluster, "confidence": confidence}
+        if probs:
+            p = np.full((len(keep), self.config.k), np.nan)
+            p[keep] = np.exp(log_p)
+            out.update({f"prob_{j}": p[:, j] for j in range(self.config.k)})
+        return out
 
     def score(self, table, seed: int = 0) -> dict[str, float]:
         """Mean ELBO and each of its four terms on this data."""

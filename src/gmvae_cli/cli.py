@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gmvae_cli import __version__, evaluate, sampling
+from gmvae_cli import __version__, embed, evaluate, sampling, select_k
 from gmvae_cli.api import GMVAE
 from gmvae_cli.data import TableWriter, iter_table, read_table
 from gmvae_cli.errors import UserError
@@ -107,15 +107,19 @@ def train(
     terms = model.terms_
     say(f"wrote {output}: K={model.config.k}, ELBO {terms['elbo']:.3f}, "
         f"cluster sizes {model.cluster_sizes_}")
-    warn_collapse(model, say)
+    warn_collapse(model)  # a warning, not a note: shown even with --quiet
 
 
-def warn_collapse(model: GMVAE, say) -> None:
-    used = model.effective_clusters()
-    if used < model.config.k:
-        say(f"warning: only {used} of {model.config.k} clusters hold at least 1% of the rows "
-            f"(sizes {model.cluster_sizes_}); try a lower --k, another --lambda, more --epochs "
-            "or --restarts")
+def warn_collapse(model: GMVAE, say=note) -> None:
+    """Say on stderr when fewer than K clusters hold at least 1% of the rows."""
+    if not model.cluster_sizes_:  # a checkpoint without sizes: nothing to judge
+        return
+    used, k = model.effective_clusters(), model.config.k
+    if used < k:
+        say(f"warning: only {used} of {k} clusters hold at least 1% of the rows "
+            f"(sizes {model.cluster_sizes_}); the data may hold fewer clusters than K: "
+            f"try --k {used}, compare Ks with gmvae select-k, or try more --epochs, "
+            "--restarts or another --lambda")
 
 
 @app.command()
@@ -163,17 +167,20 @@ def info(
     summary = model.summary()
     if as_json:
         print(json.dumps(summary, indent=2))
+        warn_collapse(model)
         return
     table = Table(title=model_path, show_header=False)
     for name, value in summary.items():
         table.add_row(name, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
     Console(soft_wrap=True).print(table)
-    warn_collapse(model, note)
+    warn_collapse(model)
 
 
 # Commands that live in their own modules (each already wrapped in handle_errors).
 app.command()(evaluate.evaluate)
 app.command()(sampling.sample)
+app.command()(embed.embed)
+app.command("select-k")(select_k.command)
 
 
 def main() -> None:

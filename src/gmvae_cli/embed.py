@@ -1,0 +1,46 @@
+"""`gmvae embed`: the latent coordinates of each row (posterior means of x, optionally of w),
+streamed chunk by chunk like `gmvae assign`, with the same row ids and options."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from gmvae_cli.api import GMVAE
+from gmvae_cli.data import TableWriter, iter_table
+from gmvae_cli.errors import UserError
+from gmvae_cli.options import BatchSize, Device, Format, IdColumn, Key, Output, handle_errors
+
+
+@handle_errors
+def embed(
+    model_path: Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint from gmvae train.")],
+    data: Annotated[str, typer.Argument(help="Table to embed: .csv, .parquet, .h5, or - for stdin.")],
+    output: Output = None,
+    with_w: Annotated[bool, typer.Option("--with-w", help="Add w_0 … w_{Dw-1}, the means of w.")] = False,
+    with_cluster: Annotated[
+        bool, typer.Option("--with-cluster", help="Add cluster and confidence, as gmvae assign.")
+    ] = False,
+    id_column: IdColumn = None,
+    batch_size: BatchSize = 65536,
+    device: Device = "cpu",
+    fmt: Format = None,
+    key: Key = None,
+) -> None:
+    """Write each row's latent coordinates; CSV on stdout unless -o.
+
+    One output row per input row, in input order, with the same ids as gmvae assign:
+    x_0 … x_{Dx-1} are the posterior means of x (--with-w adds those of w).
+
+    Example: gmvae embed model.pt input.csv -o latent.parquet --with-cluster
+    """
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    model = GMVAE.load(model_path, device=device)
+    with TableWriter(output, inputs=(data, model_path)) as writer:
+        chunks = iter_table(data, fmt, key, chunk_rows=batch_size)
+        for frame in model.embed_chunks(
+            chunks, with_w=with_w, with_cluster=with_cluster, id_column=id_column
+        ):
+            writer.write(frame)

@@ -1,0 +1,384 @@
+"""Help choosing K: train short models over a range of K and measure each three ways.
+
+    sweep = select_k(frame, range(2, 11), restarts=3, hidden=(64, 64), epochs=20)
+    sweep.recommended, sweep.reason
+
+For every K, `restarts` models (seeds seed, seed + 1, …) are trained on the same training
+split (all rows but a seeded held-out share, 20% by default). Each K gets:
+
+- held-out ELBO: the mean ELBO per row on the held-out rows (GMVAE.score), averaged over the
+  restarts, with its standard error; higher is better, and unlike the training ELBO it does
+  not reward memorising the training rows;
+- effective clusters: clusters that hold at least 1% of all rows when every row is assigned
+  (median over the restarts); a GMVAE given more clusters than the data has leaves the
+  surplus ones (nearly) empty;
+- stability: the mean adjusted Rand index between the restarts' assignments of all rows;
+  1 means every seed finds the same partition.
+
+The rule (`recommend`, explained in docs/choosing-k.md):
+1. keep the K whose stability is within STABILITY_TOLERANCE of the best;
+2. among them take the smallest K whose held-out ELBO is within one standard error of the
+   best held-out ELBO among them (the one-standard-error rule of cross-validation);
+3. recommend the number of clusters that K's models actually use (its effective clusters),
+   so the answer is never a K whose fits leave clusters empty.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.table import Table
+from sklearn.metrics import adjusted_rand_score
+
+from gmvae_cli.api import GMVAE, as_frame
+from gmvae_cli.data import read_table
+from gmvae_cli.errors import UserError
+from gmvae_cli.options import (
+    EXIT_INTERRUPTED,
+    BatchSize,
+    Device,
+    Format,
+    Key,
+    Quiet,
+    Seed,
+    handle_errors,
+    parse_list,
+    parse_sizes,
+)
+from gmvae_cli.progress import Reporter, note
+
+# Ks whose stability (mean ARI between restarts) is at most this far below the best count as
+# equally reproducible; ARI between good fits of the same data varies by about this much.
+STABILITY_TOLERANCE = 0.05
+DEFAULT_HOLDOUT = 0.2
+
+
+@dataclass
+class KResult:
+    """What the restarts at one K measured; lists hold one entry per restart."""
+
+    k: int
+    seeds: list[int]
+    heldout_elbo: list[float]
+    effective: list[int]
+    stability: float | None  # None with a single restart: there is nothing to compare
+
+    @property
+    def elbo_mean(self) -> float:
+        return float(np.mean(self.heldout_elbo))
+
+    @property
+    def elbo_se(self) -> float:
+        """Standard error of the mean held-out ELBO over the restarts (0 for one restart)."""
+        n = len(self.heldout_elbo)
+        return float(np.std(self.heldout_elbo, ddof=1) / math.sqrt(n)) if n > 1 else 0.0
+
+    @property
+    def effective_median(self) -> int:
+        return math.floor(np.median(self.effective))
+
+    def to_dict(self) -> dict:
+        return {
+            **asdict(self),
+            "heldout_elbo_mean": self.elbo_mean,
+            "heldout_elbo_se": self.elbo_se,
+            "effective_median": self.effective_median,
+        }
+
+
+@dataclass
+class Sweep:
+    results: list[KResult]  # the finished Ks, in the order swept
+    recommended: int | None
+    reason: str
+    chosen_k: int | None  # the K of step 2; recommended is its effective clusters
+    restarts: int
+    seed: int
+    train_rows: int
+    heldout_rows: int
+    interrupted: bool = False
+    options: dict = field(default_factory=dict)  # the training options every model used
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["results"] = [r.to_dict() for r in self.results]
+        return d
+
+
+def recommend(results: Sequence[KResult]) -> tuple[int | None, int | None, str]:
+    """(recommended K, the swept K it comes from, a one-line reason) — see the module doc."""
+    if not results:
+        return None, None, "no K finished, so there is nothing to recommend"
+    measured = [r.stability for r in results if r.stability is not None]
+    if measured:
+        floor = max(measured) - STABILITY_TOLERANCE
+        stable = [r for r in results if r.stability is not None and r.stability >= floor]
+        why_stable = f"among the most reproducible (stability ≥ {floor:.2f})"
+    else:
+        stable = list(results)
+        why_stable = "(one restart per K: stability unknown)"
+    best = max(stable, key=lambda r: r.elbo_mean)
+    threshold = best.elbo_mean - best.elbo_se
+    chosen = min((r for r in stable if r.elbo_mean >= threshold), key=lambda r: r.k)
+    used = chosen.effective_median
+    why_elbo = (
+        f"the smallest K within one standard error of the best held-out ELBO "
+        f"({best.elbo_mean:.2f} at K={best.k})"
+    )
+    if used < chosen.k:
+        return used, chosen.k, (
+            f"K={chosen.k} is {why_stable} and {why_elbo}, but its models use only {used} of "
+            f"{chosen.k} clusters, so the data supports {used}"
+        )
+    return chosen.k, chosen.k, f"K={chosen.k} is {why_stable} and {why_elbo}"
+
+
+def select_k(
+    table: pd.DataFrame | np.ndarray,
+    ks: Sequence[int],
+    *,
+    restarts: int = 3,
+    holdout: float = DEFAULT_HOLDOUT,
+    seed: int = 0,
+    columns: Sequence[str] | None = None,
+    exclude: Sequence[str] = (),
+    reporter: Reporter | None = None,
+    note: Callable[[str], None] = lambda s: None,
+    **options,
+) -> Sweep:
+    """Train `restarts` models per K in `ks` and recommend a K (see the module doc).
+
+    `options` are GMVAE's training options (hidden, x_dim, recipe, epochs, batch_size, …);
+    each model gets seed `seed + restart`. Ctrl-C stops the sweep: the Ks finished so far
+    are kept, the result says `interrupted`, and the recommendation uses what finished.
+    """
+    ks = sorted(dict.fromkeys(int(k) for k in ks))
+    if not ks or ks[0] < 2:
+        raise UserError(f"--k-range needs values of K of 2 or more, got {ks or 'none'}")
+    if restarts < 1:
+        raise UserError(f"--restarts must be at least 1, got {restarts}")
+    if not 0 < holdout < 1:
+        raise UserError(f"--holdout must be between 0 and 1 (a share of the rows), got {holdout}")
+    GMVAE(k=ks[0], **options)  # validates every option before any training starts
+    frame = as_frame(table)
+    n_held = round(len(frame) * holdout)
+    if n_held < 1 or len(frame) - n_held < ks[-1]:
+        raise UserError(
+            f"{len(frame)} rows are too few to hold out {holdout:.0%} and train K={ks[-1]}; "
+            "use more rows, a smaller --holdout or a lower --k-range"
+        )
+    order = np.random.default_rng(seed).permutation(len(frame))
+    held, train = frame.iloc[order[:n_held]], frame.iloc[order[n_held:]]
+
+    reporter = reporter or Reporter(quiet=True)
+    reporter.stage(f"select-k K={ks[0]}…{ks[-1]}", len(ks) * restarts)
+    results: list[KResult] = []
+    interrupted = False
+    try:
+        for k in ks:
+            results.append(
+                _measure_k(k, frame, train, held, restarts, seed, columns, exclude, reporter,
+                           note if not results else (lambda s: None), options)
+            )
+    except KeyboardInterrupt:
+        interrupted = True  # keep what finished; the caller reports it and exits 130
+    recommended, chosen, reason = recommend(results)
+    return Sweep(
+        results=results, recommended=recommended, reason=reason, chosen_k=chosen,
+        restarts=restarts, seed=seed, train_rows=len(train), heldout_rows=len(held),
+        interrupted=interrupted, options={k: _plain(v) for k, v in options.items()},
+    )
+
+
+def _measure_k(k, frame, train, held, restarts, seed, columns, exclude, reporter, say, options):
+    seeds = [seed + r for r in range(restarts)]
+    elbos, effective, labels = [], [], []
+    for run_seed in seeds:
+        model = GMVAE(k=k, seed=run_seed, restarts=1, **options)
+        model.fit(train, columns=columns, exclude=exclude, note=say)
+        say = lambda message: None  # notes about the columns once, not once per model
+        if len(model.matrix(held)[0]) == 0:
+            raise UserError("every held-out row was dropped as missing; use --missing mean")
+        elbos.append(model.score(held, seed=seed)["elbo"])
+        assigned = model.predict(frame)  # all rows, so every restart is compared on the same rows
+        effective.append(model.effective_clusters(np.bincount(assigned, minlength=k)))
+        labels.append(assigned)
+        reporter.update(1, f"K={k} seed {run_seed}: held-out ELBO {elbos[-1]:.2f}")
+    pairs = list(itertools.combinations(labels, 2))
+    stability = float(np.mean([adjusted_rand_score(a, b) for a, b in pairs])) if pairs else None
+    return KResult(k, seeds, [float(e) for e in elbos], [int(e) for e in effective], stability)
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def parse_k_range(text: str) -> list[int]:
+    """'2:20' (inclusive), '2:20:2' (with a step) or '4,7,10'."""
+    try:
+        if ":" in text:
+            parts = [int(p) for p in text.split(":")]
+            if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] < 1):
+                raise ValueError
+            start, stop = parts[0], parts[1]
+            ks = list(range(start, stop + 1, parts[2] if len(parts) == 3 else 1))
+        else:
+            ks = [int(p) for p in parse_list(text)]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 2:
+        raise UserError(
+            f"--k-range takes FIRST:LAST (e.g. 2:20), FIRST:LAST:STEP or a list such as 4,7,10, "
+            f"with every K at least 2; got {text!r}"
+        )
+    return ks
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def show(sweep: Sweep, console: Console) -> None:
+    table = Table(title=f"select-k: {sweep.restarts} restart(s) per K, "
+                        f"{sweep.train_rows} training rows, {sweep.heldout_rows} held out")
+    table.add_column("K", justify="right")
+    table.add_column("held-out ELBO", justify="right")
+    table.add_column("± se", justify="right")
+    table.add_column("effective clusters", justify="right")
+    table.add_column("stability (ARI)", justify="right")
+    table.add_column("seeds")
+    table.add_column("")
+    for r in sweep.results:
+        spread = f" ({min(r.effective)}–{max(r.effective)})" if min(r.effective) != max(r.effective) else ""
+        table.add_row(
+            str(r.k), f"{r.elbo_mean:.3f}", f"{r.elbo_se:.3f}", f"{r.effective_median}{spread}",
+            "–" if r.stability is None else f"{r.stability:.3f}",
+            ",".join(map(str, r.seeds)), "←" if r.k == sweep.chosen_k else "",
+        )
+    console.print(table)
+    if sweep.recommended is None:
+        console.print(f"no recommendation: {sweep.reason}", markup=False, highlight=False)
+    else:
+        console.print(f"recommended K: {sweep.recommended} ({sweep.reason})",
+                      markup=False, highlight=False)
+
+
+def check_plot_path(path: str) -> None:
+    if Path(path).suffix.lower() != ".png":
+        raise UserError(f"--plot writes a PNG image; give a path ending in .png, got {path!r}")
+    folder = Path(path).resolve().parent
+    if not folder.is_dir():
+        raise UserError(f"cannot write {path}: folder {folder} does not exist")
+
+
+def plot(sweep: Sweep, path: str) -> None:
+    """Three curves over K: held-out ELBO (± se), effective clusters, stability."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    ks = [r.k for r in sweep.results]
+    fig, axes = plt.subplots(3, 1, figsize=(6, 8), sharex=True)
+    axes[0].errorbar(ks, [r.elbo_mean for r in sweep.results],
+                     yerr=[r.elbo_se for r in sweep.results], marker="o", capsize=3)
+    axes[0].set_ylabel("held-out ELBO per row")
+    axes[1].plot(ks, ks, linestyle="--", color="grey", label="K (all clusters used)")
+    for r in sweep.results:
+        axes[1].scatter([r.k] * len(r.effective), r.effective, color="tab:blue", alpha=0.4, s=12)
+    axes[1].plot(ks, [r.effective_median for r in sweep.results], marker="o", label="median")
+    axes[1].set_ylabel("effective clusters")
+    axes[1].legend(loc="upper left", fontsize="small")
+    axes[2].plot(ks, [np.nan if r.stability is None else r.stability for r in sweep.results],
+                 marker="o")
+    axes[2].set_ylabel("stability (mean ARI)")
+    axes[2].set_xlabel("K")
+    if sweep.chosen_k is not None:
+        for ax in axes:
+            ax.axvline(sweep.chosen_k, color="tab:red", alpha=0.4)
+    fig.suptitle(f"recommended K = {sweep.recommended}")
+    fig.tight_layout()
+    folder = Path(path).resolve().parent
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".png", dir=folder)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        Path(tmp).unlink(missing_ok=True)
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+@handle_errors
+def command(
+    data: Annotated[str, typer.Argument(help="Feature table: .csv, .parquet, .h5, or - for CSV on stdin.")],
+    k_range: Annotated[str, typer.Option("--k-range", help="Ks to try: FIRST:LAST, FIRST:LAST:STEP or 4,7,10.")] = "2:20",
+    restarts: Annotated[int, typer.Option(help="Models per K (seeds SEED, SEED+1, …); 2 or more measure stability.")] = 3,
+    holdout: Annotated[float, typer.Option(help="Share of rows held out for the ELBO (seeded by --seed).")] = DEFAULT_HOLDOUT,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    plot_path: Annotated[str | None, typer.Option("--plot", help="Also draw the three curves into this PNG.")] = None,
+    recipe: Annotated[str, typer.Option(help="default (warm start + ELBO) or paper (the spec's ELBO alone).")] = "default",
+    epochs: Annotated[int | None, typer.Option(help="Epochs per model (default: the recipe's); fewer make the sweep faster.")] = None,
+    batch_size: BatchSize = 128,
+    lr: Annotated[float | None, typer.Option(help="Adam learning rate (default: the recipe's).")] = None,
+    x_dim: Annotated[int, typer.Option(help="Dimension of the latent x, where clusters live.")] = 10,
+    w_dim: Annotated[int, typer.Option(help="Dimension of the latent w.")] = 10,
+    hidden: Annotated[str, typer.Option(help="Encoder layer sizes; the decoder mirrors them.")] = "500,500",
+    lambda_z: Annotated[float, typer.Option("--lambda", help="z-prior threshold λ.")] = 0.5,
+    likelihood: Annotated[str, typer.Option(help="auto, gaussian or bernoulli.")] = "auto",
+    seed: Seed = 0,
+    device: Device = "auto",
+    columns: Annotated[str | None, typer.Option(help="Comma-separated feature columns.")] = None,
+    exclude: Annotated[str | None, typer.Option(help="Comma-separated columns to leave out.")] = None,
+    missing: Annotated[str, typer.Option(help="NaN/inf values: error, drop or mean.")] = "error",
+    fmt: Format = None,
+    key: Key = None,
+    quiet: Quiet = False,
+) -> None:
+    """Compare Ks on DATA and recommend one.
+
+    Trains --restarts short models for each K and reports the held-out ELBO, the effective
+    clusters and the stability across restarts; docs/choosing-k.md explains the rule.
+
+    Example: gmvae select-k data.parquet --k-range 2:12 --restarts 3 --epochs 20 --plot k.png
+    """
+    ks = parse_k_range(k_range)
+    if plot_path is not None:
+        check_plot_path(plot_path)  # before minutes of training, not after
+    frame = read_table(data, fmt, key)
+    say = (lambda s: None) if quiet else note
+    with Reporter(quiet) as reporter:
+        sweep = select_k(
+            frame, ks, restarts=restarts, holdout=holdout, seed=seed,
+            columns=parse_list(columns) or None, exclude=parse_list(exclude),
+            reporter=reporter, note=say,
+            recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, x_dim=x_dim,
+            w_dim=w_dim, hidden=parse_sizes(hidden, "--hidden"), lambda_z=lambda_z,
+            likelihood=likelihood, device=device, missing=missing,
+        )
+    if as_json:
+        import json
+
+        print(json.dumps(sweep.to_dict(), indent=2))
+    else:
+        show(sweep, Console(soft_wrap=True))
+    if plot_path is not None and sweep.results:
+        plot(sweep, plot_path)
+        say(f"wrote {plot_path}")
+    if sweep.interrupted:
+        done = ", ".join(str(r.k) for r in sweep.results) or "none"
+        note(f"interrupted: results for the finished K values only ({done})")
+        raise typer.Exit(EXIT_INTERRUPTED)
