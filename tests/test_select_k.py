@@ -81,7 +81,7 @@ def test_rule_recommends_the_clusters_a_k_actually_uses():
     ]
     k, chosen, reason = recommend(results)
     assert (k, chosen) == (7, 8)
-    assert "only 7 of 8 clusters" in reason
+    assert "only 7 of 8 clusters" in reason and "caution" not in reason
 
 
 def test_rule_with_one_restart_and_with_nothing_finished():
@@ -169,3 +169,9 @@ def test_collapse_warning_when_k_is_far_too_large_even_with_quiet(tmp_path):
 def test_no_collapse_warning_when_k_is_right(trained_model, blobs_csv):
     assert "warning" not in run_cli("info", trained_model).stderr
     assert "warning" not in run_cli("info", trained_model, "--json").stderr
+
+
+def test_rule_cautions_when_no_k_is_reproducible():
+    results = [result(2, [-5.0, -5.1], [2, 2], 0.10), result(3, [-4.0, -4.1], [3, 3], 0.20)]
+    k, _, reason = recommend(results)
+    assert k == 3 and "caution" in reason

@@ -62,6 +62,8 @@ from gmvae_cli.progress import Reporter, note
 # equally reproducible; ARI between good fits of the same data varies by about this much.
 STABILITY_TOLERANCE = 0.05
 DEFAULT_HOLDOUT = 0.2
+# Below this best stability no K gives reproducible clusters: the reason line says so.
+LOW_STABILITY = 0.5
 
 
 @dataclass
@@ -124,24 +126,26 @@ def recommend(results: Sequence[KResult]) -> tuple[int | None, int | None, str]:
     if measured:
         floor = max(measured) - STABILITY_TOLERANCE
         stable = [r for r in results if r.stability is not None and r.stability >= floor]
-        why_stable = f"among the most reproducible (stability ≥ {floor:.2f})"
+        among = f"among the most reproducible Ks (stability ≥ {floor:.2f})"
     else:
         stable = list(results)
-        why_stable = "(one restart per K: stability unknown)"
+        among = "(one restart per K, so stability was not measured)"
     best = max(stable, key=lambda r: r.elbo_mean)
     threshold = best.elbo_mean - best.elbo_se
     chosen = min((r for r in stable if r.elbo_mean >= threshold), key=lambda r: r.k)
     used = chosen.effective_median
-    why_elbo = (
-        f"the smallest K within one standard error of the best held-out ELBO "
-        f"({best.elbo_mean:.2f} at K={best.k})"
+    reason = (
+        f"K={chosen.k} is the smallest K within one standard error of the best held-out ELBO "
+        f"({best.elbo_mean:.2f} at K={best.k}) {among}"
     )
     if used < chosen.k:
-        return used, chosen.k, (
-            f"K={chosen.k} is {why_stable} and {why_elbo}, but its models use only {used} of "
-            f"{chosen.k} clusters, so the data supports {used}"
+        reason += f", but its models use only {used} of {chosen.k} clusters"
+    if measured and max(measured) < LOW_STABILITY:
+        reason += (
+            f"; caution: no K's restarts agree (best stability {max(measured):.2f}), so train "
+            "longer (--epochs) or use more rows before trusting this"
         )
-    return chosen.k, chosen.k, f"K={chosen.k} is {why_stable} and {why_elbo}"
+    return min(used, chosen.k), chosen.k, reason
 
 
 def select_k(
@@ -287,6 +291,7 @@ def plot(sweep: Sweep, path: str) -> None:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     ks = [r.k for r in sweep.results]
     fig, axes = plt.subplots(3, 1, figsize=(6, 8), sharex=True)
@@ -303,6 +308,7 @@ def plot(sweep: Sweep, path: str) -> None:
                  marker="o")
     axes[2].set_ylabel("stability (mean ARI)")
     axes[2].set_xlabel("K")
+    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
     if sweep.chosen_k is not None:
         for ax in axes:
             ax.axvline(sweep.chosen_k, color="tab:red", alpha=0.4)
