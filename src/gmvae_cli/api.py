@@ -120,6 +120,8 @@ class GMVAE:
                 f"expected at least K rows but got {len(matrix)} rows for --k {self.config.k}; "
                 "use a smaller --k or more data"
             )
+        if len(matrix) < 2:  # batch norm cannot train on a single row
+            raise UserError(f"training needs at least 2 rows but got {len(matrix)}; add more rows")
         data = torch.from_numpy(matrix)
 
         def save_state(state: dict) -> None:

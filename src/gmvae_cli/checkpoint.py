@@ -42,12 +42,35 @@ def save(path: str, payload: dict) -> None:
         raise
 
 
+def check_target(path: str, inputs: tuple[str, ...] = ()) -> None:
+    """Fail early (before training) if the checkpoint could not be written to `path`."""
+    target = Path(path)
+    if target.is_dir():
+        raise UserError(f"cannot write checkpoint {path}: it is a directory; pass a file such as model.pt")
+    for given in inputs:
+        if given != "-" and Path(given).exists() and Path(given).resolve() == target.resolve():
+            raise UserError(f"checkpoint {path} is also the input data; write to another -o path")
+    folder = target.parent.resolve()
+    if not folder.is_dir():
+        raise UserError(f"cannot write checkpoint {path}: folder {folder} does not exist")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise UserError(f"cannot write checkpoint {path}: {e.strerror}; choose another -o path")
+    os.close(fd)
+    Path(probe).unlink(missing_ok=True)
+
+
 def load(path: str) -> dict:
     p = Path(path)
     if not p.exists():
         raise UserError(f"{path}: no such checkpoint; train one with `gmvae train`")
     if p.is_dir():
         raise UserError(f"{path} is a directory; pass a checkpoint file")
+    # torch.save writes a zip archive; anything else (text, a bare pickle, a truncated file)
+    # is refused before any unpickling starts.
+    if not zipfile.is_zipfile(p):
+        raise UserError(f"{path} is not a gmvae checkpoint (unreadable or truncated); retrain it")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -55,7 +78,7 @@ def load(path: str) -> dict:
             f"{path} holds objects other than tensors and plain data; refused to load it "
             "(it may run code). Use a checkpoint written by `gmvae train`"
         )
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError):
+    except Exception:  # noqa: BLE001 (damaged archives raise KeyError, RuntimeError, …)
         raise UserError(f"{path} is not a gmvae checkpoint (unreadable or truncated); retrain it")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UserError(f"{path} is not a gmvae checkpoint; pass a file written by `gmvae train`")

@@ -11,10 +11,12 @@ from rich.table import Table
 
 from gmvae_cli import __version__, embed, evaluate, sampling, select_k
 from gmvae_cli.api import GMVAE
+from gmvae_cli.checkpoint import check_target
 from gmvae_cli.data import TableWriter, iter_table, read_table
 from gmvae_cli.errors import UserError
 from gmvae_cli.options import (
     DEBUG,
+    EXIT_INTERRUPTED,
     BatchSize,
     Device,
     Format,
@@ -91,6 +93,7 @@ def train(
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, restarts=restarts,
         device=device, missing=missing,
     )
+    check_target(output, inputs=(data,))  # before the data is read or a minute is spent
     frame = read_table(data, fmt, key)
     say = (lambda s: None) if quiet else note
     try:
@@ -101,9 +104,14 @@ def train(
                 reporter=reporter, note=say,
             )
     except KeyboardInterrupt:
-        note(f"interrupted: the last finished epoch is saved in {output}; "
-             f"continue with the same command and --resume")
-        raise
+        if DEBUG["on"]:
+            raise
+        if model.history_ or resume:  # history_ is set by each epoch-end checkpoint
+            note(f"interrupted: the last finished epoch is saved in {output}; "
+                 f"continue with the same command and --resume")
+        else:
+            note("interrupted before the first epoch ended; nothing was saved")
+        raise typer.Exit(EXIT_INTERRUPTED)
     terms = model.terms_
     say(f"wrote {output}: K={model.config.k}, ELBO {terms['elbo']:.3f}, "
         f"cluster sizes {model.cluster_sizes_}")

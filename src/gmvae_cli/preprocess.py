@@ -6,6 +6,7 @@ the scaling and the likelihood) is kept in the checkpoint, so `assign` applies t
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -40,8 +41,9 @@ def choose_columns(
     if columns:
         bad = [c for c in columns if not pd.api.types.is_numeric_dtype(frame[c])]
         if bad:
+            example = "".join(f" (e.g. {v!r})" for v in frame[bad[0]].dropna().head(1))
             raise UserError(
-                f"column {bad[0]!r} is not numeric (e.g. {frame[bad[0]].dropna().iloc[0]!r}); "
+                f"column {bad[0]!r} is not numeric{example}; "
                 "drop it from --columns or clean its values"
             )
         return list(columns)
@@ -73,12 +75,18 @@ class Preprocessor:
         values = frame[columns].to_numpy(dtype=np.float64, copy=True)
         values[~np.isfinite(values)] = np.nan
         _check_missing(values, columns, missing)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: reported next
             fill = np.nanmean(values, axis=0)
         if np.isnan(fill).any():
             empty = [c for c, f in zip(columns, fill) if np.isnan(f)]
             raise UserError(f"column {empty[0]!r} has no finite values; drop it with --exclude")
         finite = values[~np.isnan(values).any(axis=1)] if missing == "drop" else values
+        if len(finite) == 0:
+            raise UserError(
+                "every row has a missing or infinite value, so --missing drop leaves no rows; "
+                "use --missing mean or clean the data"
+            )
         if missing == "mean":
             finite = np.where(np.isnan(values), fill, values)
         if likelihood == "auto":
@@ -90,9 +98,10 @@ class Preprocessor:
                 )
             center, scale = np.zeros(len(columns)), np.ones(len(columns))
         else:
-            center = finite.mean(axis=0)
-            scale = finite.std(axis=0)
-            if not np.isfinite(scale).all():
+            with np.errstate(all="ignore"):  # overflow is reported below as one line
+                center = finite.mean(axis=0)
+                scale = finite.std(axis=0)
+            if not (np.isfinite(scale).all() and np.isfinite(center).all()):
                 raise UserError("values too large to scale (overflow); rescale the columns")
             scale[scale == 0] = 1.0  # a constant column stays constant (zero) instead of NaN
         return cls(columns, missing, fill.tolist(), center.tolist(), scale.tolist(), likelihood)
@@ -121,7 +130,15 @@ class Preprocessor:
         scaled = (values - np.asarray(self.center)) / np.asarray(self.scale)
         if self.likelihood == "bernoulli":
             scaled = np.clip(scaled, 0.0, 1.0)  # the Bernoulli likelihood needs [0, 1]
-        return scaled.astype(np.float32), keep
+        with np.errstate(over="ignore"):
+            scaled = scaled.astype(np.float32)
+        if not np.isfinite(scaled).all():  # finite in float64, too large for float32
+            column = self.columns[int(np.nonzero(~np.isfinite(scaled).all(axis=0))[0][0])]
+            raise UserError(
+                f"column {column!r} holds values too large for the model (e.g. 1e300); "
+                "rescale the column"
+            )
+        return scaled, keep
 
     def inverse(self, values: np.ndarray) -> np.ndarray:
         """Back to the original scale (for sampled rows)."""

@@ -24,6 +24,10 @@ from gmvae_cli.progress import Reporter
 RECIPES = ("default", "paper")
 PAPER_EPOCHS = 50
 EVAL_BATCH = 4096
+DIVERGED = (
+    "training diverged (the loss became NaN or infinite); the last good checkpoint is kept: "
+    "try a lower --lr or check the data for extreme values"
+)
 
 
 @dataclass
@@ -249,16 +253,17 @@ class Trainer:
                 terms = net.elbo_terms(y)
                 loss = -terms.elbo
             if not torch.isfinite(loss):
-                raise UserError(
-                    "training diverged (the loss became NaN or infinite); the last good "
-                    "checkpoint is kept: try a lower --lr or check the data for extreme values"
-                )
+                raise UserError(DIVERGED)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             _accumulate(totals, terms, len(idx))
             usage += torch.bincount(terms.responsibilities.argmax(-1).cpu(), minlength=self.config.k)
             seen += len(idx)
+        # A NaN gradient in the last step leaves NaN weights behind a finite loss: stop
+        # here, before the epoch-end checkpoint would overwrite the last good one.
+        if not all(torch.isfinite(p).all() for p in net.parameters()):
+            raise UserError(DIVERGED)
         record = {name: total / seen for name, total in totals.items()}
         record["cluster_usage"] = usage.tolist()
         return record
