@@ -26,6 +26,10 @@ bench: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.quality --quick
 
+# Throughput on a 10M-row table (generated once into bench-cache/): see docs/scaling.md.
+bench-scale: $(STAMP)
+	$(BIN)/python -m benchmarks.scale
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
 

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gmvae_cli import checkpoint
+from gmvae_cli import checkpoint, distributed, stream
+from gmvae_cli.data import DEFAULT_CHUNK_ROWS
 from gmvae_cli.errors import UserError
 from gmvae_cli.model import GMVAENet, ModelConfig
 from gmvae_cli.preprocess import Preprocessor, choose_columns
@@ -103,7 +104,7 @@ class GMVAE:
         note: Callable[[str], None] = lambda s: None,
     ) -> GMVAE:
         frame = as_frame(table)
-        device = resolve_device(self.device)
+        device = distributed.setup(resolve_device(self.device))  # one device per torchrun rank
         resume_state = None
         if resume:
             resume_state = self._restore_for_resume(checkpoint_path)
@@ -122,20 +123,71 @@ class GMVAE:
             )
         if len(matrix) < 2:  # batch norm cannot train on a single row
             raise UserError(f"training needs at least 2 rows but got {len(matrix)}; add more rows")
-        data = torch.from_numpy(matrix)
+        data = torch.from_numpy(distributed.shard(matrix))  # under torchrun: this rank's rows
+
+        return self._train(data, device, checkpoint_path, resume_state, reporter, note)
+
+    def fit_stream(
+        self,
+        path: str,
+        *,
+        fmt: str | None = None,
+        key: str | None = None,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+        columns: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        id_column: str | None = None,
+        checkpoint_path: str | None = None,
+        resume: bool = False,
+        reporter: Reporter | None = None,
+        note: Callable[[str], None] = lambda s: None,
+    ) -> GMVAE:
+        """fit for a file larger than memory: the scaling comes from one streaming pass, then
+        every epoch reads shuffled chunks of `chunk_rows` rows from disk (stream.py)."""
+        device = distributed.setup(resolve_device(self.device))
+        resume_state = None
+        if resume:
+            resume_state = self._restore_for_resume(checkpoint_path)
+        else:
+            self.preprocessor_, rows = stream.prepare(
+                path, fmt, key, columns=columns, exclude=exclude, id_column=id_column,
+                missing=self.missing, likelihood=self.likelihood, chunk_rows=chunk_rows, note=note,
+            )
+            self.id_column_ = id_column
+            self.config = replace(
+                self.config, input_dim=len(self.preprocessor_.columns),
+                likelihood=self.preprocessor_.likelihood,
+            )
+            if rows < max(self.config.k, 2):
+                raise UserError(
+                    f"expected at least K rows (and 2) but got {rows} rows for --k "
+                    f"{self.config.k}; use a smaller --k or more data"
+                )
+        data = stream.ChunkStream(path, self.preprocessor_, fmt, key, chunk_rows)
+        return self._train(data, device, checkpoint_path, resume_state, reporter, note)
+
+    def _train(self, data, device, checkpoint_path, resume_state, reporter, note) -> GMVAE:
+        """Run the Trainer on a tensor or a ChunkStream; under torchrun only rank 0 writes."""
+        if self.settings.recipe == "default" and (
+            not isinstance(data, torch.Tensor) or distributed.context().active
+        ):
+            note("note: the default recipe's warm start needs every row in one process; this "
+                 "run uses --recipe paper (the spec's ELBO from a random start)")
+            self.settings = replace(self.settings, recipe="paper")
+        writes = checkpoint_path is not None and distributed.is_main()
 
         def save_state(state: dict) -> None:
             if checkpoint_path is not None:
                 self.history_ = state["history"]
+            if writes:
                 checkpoint.save(checkpoint_path, self._payload(state["state_dict"], state))
 
         trainer = Trainer(data, self.config, self.settings, device, reporter, save_state)
         self.net_, self.history_, self.terms_ = trainer.fit(resume=resume_state)
-        self.cluster_sizes_ = np.bincount(
-            self._log_proba(matrix).argmax(1), minlength=self.config.k
-        ).tolist()
-        if checkpoint_path is not None:
+        self.cluster_sizes_ = trainer.cluster_sizes(self.net_)
+        if writes:
             checkpoint.save(checkpoint_path, self._payload(self.net_.state_dict(), None))
+        distributed.barrier()  # every rank leaves together, once the checkpoint is written
         return self
 
     def _restore_for_resume(self, path: str | None) -> dict:

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gmvae_cli import __version__, embed, evaluate, sampling, select_k
+from gmvae_cli import __version__, distributed, embed, evaluate, sampling, select_k, stream
 from gmvae_cli.api import GMVAE
 from gmvae_cli.checkpoint import check_target
 from gmvae_cli.data import TableWriter, iter_table, read_table
@@ -81,6 +81,17 @@ def train(
     fmt: Format = None,
     key: Key = None,
     resume: Annotated[bool, typer.Option(help="Continue the run saved in --output.")] = False,
+    streamed: Annotated[
+        bool | None,
+        typer.Option(
+            "--stream/--no-stream",
+            help="Read shuffled chunks from disk each epoch instead of loading the table "
+            "(default: stream files larger than a quarter of this machine's memory).",
+        ),
+    ] = None,
+    chunk_rows: Annotated[
+        int, typer.Option(help="Rows read at a time with --stream; memory holds about 4 chunks.")
+    ] = stream.DEFAULT_CHUNK_ROWS,
     quiet: Quiet = False,
 ) -> None:
     """Train a GMVAE on DATA and write a checkpoint.
@@ -94,15 +105,25 @@ def train(
         device=device, missing=missing,
     )
     check_target(output, inputs=(data,))  # before the data is read or a minute is spent
-    frame = read_table(data, fmt, key)
+    quiet = quiet or not distributed.is_main()  # under torchrun, rank 0 speaks for all
     say = (lambda s: None) if quiet else note
+    if streamed is None and stream.should_stream(data):
+        say(f"note: {data} is larger than a quarter of this machine's memory, so training "
+            "streams it from disk (--no-stream loads it)")
+    streamed = stream.should_stream(data) if streamed is None else streamed
+    frame = None if streamed else read_table(data, fmt, key)
+    options = {
+        "columns": parse_list(columns) or None, "exclude": parse_list(exclude),
+        "id_column": id_column, "checkpoint_path": output, "resume": resume, "note": say,
+    }
     try:
         with Reporter(quiet) as reporter:
-            model.fit(
-                frame, columns=parse_list(columns) or None, exclude=parse_list(exclude),
-                id_column=id_column, checkpoint_path=output, resume=resume,
-                reporter=reporter, note=say,
-            )
+            if streamed:
+                model.fit_stream(
+                    data, fmt=fmt, key=key, chunk_rows=chunk_rows, reporter=reporter, **options
+                )
+            else:
+                model.fit(frame, reporter=reporter, **options)
     except KeyboardInterrupt:
         if DEBUG["on"]:
             raise
@@ -112,6 +133,8 @@ def train(
         else:
             note("interrupted before the first epoch ended; nothing was saved")
         raise typer.Exit(EXIT_INTERRUPTED)
+    if not distributed.is_main():
+        return  # rank 0 reports for every rank
     terms = model.terms_
     say(f"wrote {output}: K={model.config.k}, ELBO {terms['elbo']:.3f}, "
         f"cluster sizes {model.cluster_sizes_}")
@@ -154,7 +177,9 @@ def assign(
         raise UserError(f"--mc-samples must be 0 or more, got {mc_samples}")
     model = GMVAE.load(model_path, device=device)
     with TableWriter(output, inputs=(data, model_path)) as writer:
-        chunks = iter_table(data, fmt, key, chunk_rows=batch_size)
+        # Only the model's columns (and an id column) are read, where the format allows it.
+        wanted = [*model.preprocessor_.columns, *(c for c in (id_column, model.id_column_) if c)]
+        chunks = iter_table(data, fmt, key, chunk_rows=batch_size, columns=wanted)
         for frame in model.assign_chunks(
             chunks, probs=probs, id_column=id_column, mc_samples=mc_samples
         ):

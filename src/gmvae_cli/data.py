@@ -11,7 +11,7 @@ import io
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import h5py
@@ -67,14 +67,24 @@ def check_readable(path: str) -> None:
 
 
 def iter_table(
-    path: str, fmt: str | None = None, key: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS
+    path: str,
+    fmt: str | None = None,
+    key: str | None = None,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    columns: Sequence[str] | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """Yield the table at `path` (or stdin for '-') in chunks of at most chunk_rows rows."""
+    """Yield the table at `path` (or stdin for '-') in chunks of at most chunk_rows rows.
+
+    With `columns`, only those columns are read where the format allows it (Parquet reads
+    only their column chunks, CSV parses only them); names the file lacks are left out, so
+    the caller's own check can name them.
+    """
     fmt = detect_format(path, fmt)
     check_readable(path)
     reader = {"csv": _iter_csv, "parquet": _iter_parquet, "hdf5": _iter_hdf5}[fmt]
+    wanted = None if columns is None else list(dict.fromkeys(columns))
     any_rows = False
-    for chunk in reader(path, key, chunk_rows):
+    for chunk in reader(path, key, chunk_rows, wanted):
         if len(chunk):
             any_rows = True
             yield chunk
@@ -87,7 +97,9 @@ def read_table(path: str, fmt: str | None = None, key: str | None = None) -> pd.
     return pd.concat(list(iter_table(path, fmt, key)), ignore_index=True)
 
 
-def _iter_csv(path: str, key: str | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
+def _iter_csv(
+    path: str, key: str | None, chunk_rows: int, columns: list[str] | None = None
+) -> Iterator[pd.DataFrame]:
     source = path
     if path == STDIO:
         data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
@@ -96,8 +108,9 @@ def _iter_csv(path: str, key: str | None, chunk_rows: int) -> Iterator[pd.DataFr
         source = io.BytesIO(data if isinstance(data, bytes) else data.encode())
     name = "standard input" if path == STDIO else path
     sep = "\t" if str(path).lower().endswith(".tsv") else ","
+    usecols = None if columns is None else (lambda name: name in columns)
     try:
-        with pd.read_csv(source, sep=sep, chunksize=chunk_rows) as reader:
+        with pd.read_csv(source, sep=sep, chunksize=chunk_rows, usecols=usecols) as reader:
             yield from reader
     except pd.errors.EmptyDataError:
         raise UserError(f"{name} is empty; it needs a header row and at least one data row")
@@ -108,14 +121,29 @@ def _iter_csv(path: str, key: str | None, chunk_rows: int) -> Iterator[pd.DataFr
         raise UserError(f"{name} is not a text CSV file; pass --format if it is Parquet or HDF5")
 
 
-def _iter_parquet(path: str, key: str | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
+def open_parquet(path: str) -> pq.ParquetFile:
     if path == STDIO:
         raise UserError("Parquet cannot be read from standard input; pass a file path")
     try:
-        parquet = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise UserError(f"{path} is not a readable Parquet file ({e}); check the file or --format")
-    for batch in parquet.iter_batches(batch_size=chunk_rows):
+
+
+def parquet_columns(parquet: pq.ParquetFile, columns: list[str] | None) -> list[str] | None:
+    """The wanted columns the file has, for iter_batches (None: all of them)."""
+    if columns is None:
+        return None
+    return [c for c in columns if c in parquet.schema_arrow.names]
+
+
+def _iter_parquet(
+    path: str, key: str | None, chunk_rows: int, columns: list[str] | None = None
+) -> Iterator[pd.DataFrame]:
+    parquet = open_parquet(path)
+    # Batch by batch, row group by row group: only one batch of the wanted columns in memory.
+    wanted = parquet_columns(parquet, columns)
+    for batch in parquet.iter_batches(batch_size=chunk_rows, columns=wanted):
         yield batch.to_pandas()
 
 
@@ -148,19 +176,32 @@ def _pick_hdf5_dataset(h5: h5py.File, path: str, key: str | None) -> h5py.Datase
     return ds
 
 
-def _iter_hdf5(path: str, key: str | None, chunk_rows: int) -> Iterator[pd.DataFrame]:
+def open_hdf5(path: str) -> h5py.File:
     if path == STDIO:
         raise UserError("HDF5 cannot be read from standard input; pass a file path")
     try:
-        h5 = h5py.File(path, "r")
+        return h5py.File(path, "r")
     except OSError:
         raise UserError(f"{path} is not a readable HDF5 file; check the file or --format")
-    with h5:
+
+
+def hdf5_frame(block: np.ndarray, columns: list[str] | None = None) -> pd.DataFrame:
+    """A slice of a 2-D dataset as a frame with columns f0, f1, …, or only the wanted ones."""
+    names = [f"f{i}" for i in range(block.shape[1])]
+    if columns is None:
+        return pd.DataFrame(block, columns=names)
+    index = [i for i, name in enumerate(names) if name in columns]
+    return pd.DataFrame(block[:, index], columns=[names[i] for i in index])
+
+
+def _iter_hdf5(
+    path: str, key: str | None, chunk_rows: int, columns: list[str] | None = None
+) -> Iterator[pd.DataFrame]:
+    with open_hdf5(path) as h5:
         ds = _pick_hdf5_dataset(h5, path, key)
-        columns = [f"f{i}" for i in range(ds.shape[1])]
         for start in range(0, ds.shape[0], chunk_rows):
-            block = ds[start : start + chunk_rows]  # one slice in memory at a time
-            yield pd.DataFrame(block, columns=columns)
+            # One slice in memory at a time (HDF5 reads whole rows of a row-major dataset).
+            yield hdf5_frame(ds[start : start + chunk_rows], columns)
 
 
 def read_hdf5_array(path: str, key: str) -> np.ndarray:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
+from gmvae_cli import distributed
 from gmvae_cli.errors import UserError
 from gmvae_cli.model import ELBOTerms, GMVAENet, ModelConfig
 from gmvae_cli.progress import Reporter
@@ -24,6 +25,7 @@ from gmvae_cli.progress import Reporter
 RECIPES = ("default", "paper")
 PAPER_EPOCHS = 50
 EVAL_BATCH = 4096
+TERM_NAMES = ("elbo", "reconstruction", "conditional_prior", "w_prior", "z_prior", "z_prior_raw")
 DIVERGED = (
     "training diverged (the loss became NaN or infinite); the last good checkpoint is kept: "
     "try a lower --lr or check the data for extreme values"
@@ -82,21 +84,36 @@ def batches(n: int, batch_size: int, generator: torch.Generator | None):
         yield idx
 
 
+def eval_batches(data) -> Iterator[torch.Tensor]:
+    """The rows of an in-memory tensor or of a stream.ChunkStream, in order, in big batches."""
+    if isinstance(data, torch.Tensor):
+        for start in range(0, len(data), EVAL_BATCH):
+            yield data[start : start + EVAL_BATCH]
+    else:
+        yield from data.eval_batches(EVAL_BATCH)
+
+
 @torch.no_grad()
-def evaluate_terms(net: GMVAENet, data: torch.Tensor, seed: int = 0) -> dict[str, float]:
-    """Mean ELBO terms over all rows (eval mode, seeded Monte Carlo), e.g. to pick a restart."""
+def evaluate_terms(net: GMVAENet, data, seed: int = 0) -> dict[str, float]:
+    """Mean ELBO terms over all rows (eval mode, seeded Monte Carlo), e.g. to pick a restart.
+
+    `data` is a tensor or a stream.ChunkStream; under torchrun the sums cover every rank's rows.
+    """
     was_training = net.training
     net.eval()
     state = torch.get_rng_state()
     torch.manual_seed(seed)
     sums: dict[str, float] = {}
-    for idx in batches(len(data), EVAL_BATCH, None):
-        terms = net.elbo_terms(data[idx].to(_device_of(net)))
+    rows = 0
+    for y in eval_batches(data):
+        terms = net.elbo_terms(y.to(_device_of(net)))
         for name, value in terms.as_floats().items():
-            sums[name] = sums.get(name, 0.0) + value * len(idx)
+            sums[name] = sums.get(name, 0.0) + value * len(y)
+        rows += len(y)
     torch.set_rng_state(state)
     net.train(was_training)
-    return {name: total / len(data) for name, total in sums.items()}
+    sums, rows = distributed.sum_across(sums, TERM_NAMES, rows)
+    return {name: total / rows for name, total in sums.items()}
 
 
 def _device_of(net: torch.nn.Module) -> torch.device:
@@ -104,7 +121,9 @@ def _device_of(net: torch.nn.Module) -> torch.device:
 
 
 class Trainer:
-    """Fits one GMVAENet on an in-memory float tensor, restart by restart.
+    """Fits one GMVAENet, restart by restart, on one of two data sources: an in-memory float
+    tensor, or a stream.ChunkStream that reads shuffled chunks from disk (recipe paper only).
+    Under torchrun (distributed.py) each process passes its own share of the rows.
 
     `save` is called with a resumable state dict at every epoch end (the caller writes it).
     """
@@ -127,6 +146,9 @@ class Trainer:
         self.reporter = reporter or Reporter(quiet=True)
         self.save = save or (lambda state: None)
         self.schedule = None
+        if settings.recipe == "default" and not isinstance(data, torch.Tensor):
+            raise UserError("the default recipe's warm start needs the rows in memory; "
+                            "with --stream use --recipe paper")
         if settings.recipe == "default":
             from gmvae_cli import recipe  # the warm start is only needed by this recipe
 
@@ -174,7 +196,7 @@ class Trainer:
     def _fit_one(self, r: int, state: dict | None, best: dict | None):
         seed = restart_seed(self.settings.seed, r)
         seed_everything(seed)
-        net = GMVAENet(self.config).to(self.device)
+        net = GMVAENet(self.config).to(self.device)  # same init on every rank (same seed)
         optimizer = torch.optim.Adam(net.parameters(), lr=self.learning_rate())
         shuffle = torch.Generator().manual_seed(seed)
         guided, free = self.epochs()
@@ -203,12 +225,14 @@ class Trainer:
             # The warm start may have moved parameters the optimizer holds state for.
             optimizer = torch.optim.Adam(net.parameters(), lr=self.learning_rate())
 
+        trained = distributed.for_training(net, self.device)  # wrapped in DDP under torchrun
         label = f"training{f' (restart {r + 1}/{self.settings.restarts})' if self.settings.restarts > 1 else ''}"
         self.reporter.stage(label, guided + free)
         self.reporter.update(start)
         for epoch in range(start, guided + free):
             phase = "guided" if epoch < guided else "elbo"
-            record = self._epoch(net, optimizer, shuffle, responsibilities if phase == "guided" else None)
+            distributed.epoch_seed(seed, epoch)
+            record = self._epoch(trained, optimizer, shuffle, responsibilities if phase == "guided" else None)
             record.update(epoch=epoch + 1, phase=phase, restart=r)
             history.append(record)
             self.reporter.update(1, f"ELBO {record['elbo']:.2f}")
@@ -242,8 +266,8 @@ class Trainer:
         totals: dict[str, float] = {}
         usage = torch.zeros(self.config.k, dtype=torch.long)
         seen = 0
-        for idx in batches(len(self.data), self.settings.batch_size, shuffle):
-            y = self.data[idx].to(self.device, non_blocking=True)
+        for y, idx in self._batches(net, shuffle):
+            y = y.to(self.device, non_blocking=True)
             if responsibilities is not None:
                 from gmvae_cli import recipe
 
@@ -257,16 +281,37 @@ class Trainer:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            _accumulate(totals, terms, len(idx))
+            _accumulate(totals, terms, len(y))
             usage += torch.bincount(terms.responsibilities.argmax(-1).cpu(), minlength=self.config.k)
-            seen += len(idx)
+            seen += len(y)
         # A NaN gradient in the last step leaves NaN weights behind a finite loss: stop
         # here, before the epoch-end checkpoint would overwrite the last good one.
         if not all(torch.isfinite(p).all() for p in net.parameters()):
             raise UserError(DIVERGED)
+        totals, seen, usage = distributed.sum_across(totals, TERM_NAMES, seen, usage)
         record = {name: total / seen for name, total in totals.items()}
         record["cluster_usage"] = usage.tolist()
         return record
+
+    def _batches(self, net, shuffle: torch.Generator):
+        """(rows, their indices into the tensor, or None for a stream) of one epoch."""
+        with distributed.join(net):  # ranks whose shard ends early wait for the others
+            if isinstance(self.data, torch.Tensor):
+                for idx in batches(len(self.data), self.settings.batch_size, shuffle):
+                    yield self.data[idx], idx
+            else:
+                for y in self.data.batches(self.settings.batch_size, shuffle):
+                    yield y, None
+
+    @torch.no_grad()
+    def cluster_sizes(self, net: GMVAENet) -> list[int]:
+        """Rows per most likely cluster over all rows (all ranks under torchrun)."""
+        net.eval()
+        counts = torch.zeros(self.config.k, dtype=torch.long)
+        for y in eval_batches(self.data):
+            best = net.cluster_log_proba(y.to(_device_of(net)), 0).argmax(1).cpu()
+            counts += torch.bincount(best, minlength=self.config.k)
+        return distributed.all_reduce_sum(counts).long().tolist()
 
 
 def _accumulate(totals: dict[str, float], terms: ELBOTerms, n: int) -> None:

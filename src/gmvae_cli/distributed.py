@@ -1,0 +1,175 @@
+"""Training one model on several processes, as launched by torchrun.
+
+    torchrun --nproc-per-node 2 -m gmvae_cli train data.parquet --k 10 --recipe paper
+
+torchrun sets WORLD_SIZE, RANK and LOCAL_RANK in each process; with WORLD_SIZE > 1 training
+joins a process group (gloo on CPU, nccl on CUDA, one GPU per process) and wraps the network
+in DistributedDataParallel. Each process trains on its own share of the rows (rows i with
+i % world == rank); DDP averages the gradients of the per-process batch means, which is the
+gradient of the mean over all processes' batches. Rank 0 alone writes checkpoints and shows
+progress; sums that decide something (epoch ELBO, restart choice, cluster sizes) are
+all-reduced so every rank decides the same.
+
+Batch norm stays per process: each normalises with its own batch statistics and DDP
+broadcasts rank 0's running statistics. SyncBatchNorm would need equal batch counts on every
+rank (streamed shards are not equal) and gloo lacks it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class Context:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def context() -> Context:
+    """Where this process stands, from torchrun's environment (one process without it)."""
+    env = os.environ
+    if "WORLD_SIZE" not in env or "RANK" not in env:
+        return Context()
+    rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    return Context(rank=rank, world=world, local_rank=local)
+
+
+def is_main() -> bool:
+    return context().main
+
+
+def setup(device: torch.device) -> torch.device:
+    """Join torchrun's process group (once) and return this process's device."""
+    ctx = context()
+    if not ctx.active:
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)  # one GPU per process
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def barrier() -> None:
+    """Wait for every rank (a rank that exits while others still talk to it aborts gloo)."""
+    if reducing():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(matrix: np.ndarray) -> np.ndarray:
+    """This rank's rows: i % world == rank, cut to the same count on every rank.
+
+    Equal counts give every rank the same number of batches, so no rank waits for another
+    at the end of an epoch (at most world - 1 rows are left out).
+    """
+    ctx = context()
+    if not ctx.active:
+        return matrix
+    return np.ascontiguousarray(matrix[ctx.rank :: ctx.world][: len(matrix) // ctx.world])
+
+
+def reducing() -> bool:
+    """True in a process group of several ranks (setup joined it)."""
+    return context().active and dist.is_available() and dist.is_initialized()
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks (float64 on CPU, moved to the device the backend needs)."""
+    if not reducing():
+        return values
+    nccl = dist.get_backend() == "nccl"  # nccl reduces CUDA tensors only
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    summed = values.to(device=device, dtype=torch.float64)
+    dist.all_reduce(summed)
+    return summed.cpu()
+
+
+def sum_across(sums: dict[str, float], names: tuple[str, ...], *counts: torch.Tensor | float):
+    """All-reduce a dict of sums (over fixed names) and further counts in one call."""
+    if not reducing():
+        return (sums, *counts)
+    parts = [torch.tensor([sums.get(n, 0.0) for n in names], dtype=torch.float64)]
+    parts += [torch.as_tensor(c, dtype=torch.float64).reshape(-1) for c in counts]
+    total = all_reduce_sum(torch.cat(parts))
+    out, at = {n: float(v) for n, v in zip(names, total[: len(names)])}, len(names)
+    reduced = []
+    for c, part in zip(counts, parts[1:]):
+        value = total[at : at + len(part)]
+        at += len(part)
+        reduced.append(value.to(torch.long) if isinstance(c, torch.Tensor) else float(value))
+    return (out, *reduced)
+
+
+def epoch_seed(seed: int, epoch: int) -> None:
+    """Distinct Monte-Carlo noise per rank and epoch (the same on a resumed run)."""
+    ctx = context()
+    if ctx.active:
+        torch.manual_seed((seed * 1_000_003 + epoch) * 1009 + ctx.rank)
+
+
+class _ELBOForward(nn.Module):
+    """DDP hooks `forward`; the GMVAE's training step is `elbo_terms`."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, y):
+        return self.net.elbo_terms(y)
+
+
+class Replicated:
+    """A GMVAENet under DDP, with the three things the training loop uses."""
+
+    def __init__(self, net: nn.Module, device: torch.device):
+        self.net = net
+        ids = [device] if device.type == "cuda" else None
+        self.ddp = DistributedDataParallel(_ELBOForward(net), device_ids=ids)
+
+    def train(self, mode: bool = True):
+        self.net.train(mode)
+        return self
+
+    def elbo_terms(self, y):
+        return self.ddp(y)
+
+    def parameters(self):
+        return self.net.parameters()
+
+    def join(self):
+        # Streamed shards can end a few batches apart: ranks that run out shadow the others'
+        # gradient all-reduces instead of leaving them waiting.
+        return self.ddp.join()
+
+
+def for_training(net: nn.Module, device: torch.device):
+    """The network to train: wrapped in DDP under torchrun, else the network itself."""
+    return Replicated(net, device) if context().active else net
+
+
+def join(trained) -> contextlib.AbstractContextManager:
+    return trained.join() if isinstance(trained, Replicated) else contextlib.nullcontext()

@@ -1,0 +1,166 @@
+"""Data larger than memory and training on several processes: chunked reads, streamed
+statistics, the shuffled chunk stream, `train --stream`, and torchrun with two CPU processes."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.metrics import adjusted_rand_score
+
+from conftest import FAST_TRAIN, run_cli
+from gmvae_cli import stream
+from gmvae_cli.api import GMVAE
+from gmvae_cli.data import iter_table
+from gmvae_cli.errors import UserError
+from gmvae_cli.preprocess import Preprocessor
+
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+
+
+@pytest.fixture(scope="module")
+def blobs_files(tmp_path_factory, blobs):
+    """The blobs as CSV, Parquet with row groups of 300 rows, and HDF5."""
+    frame = blobs[0]
+    folder = tmp_path_factory.mktemp("scale")
+    frame.to_csv(folder / "blobs.csv", index=False)
+    frame.to_parquet(folder / "blobs.parquet", row_group_size=300)
+    with h5py.File(folder / "blobs.h5", "w") as h5:
+        h5["data"] = frame.to_numpy()
+    return folder
+
+
+def test_iter_table_reads_only_the_wanted_columns(blobs_files):
+    for name, wanted in (("blobs.parquet", ["c3", "c1"]), ("blobs.csv", ["c3", "c1"]),
+                         ("blobs.h5", ["f3", "f1"])):
+        chunks = list(iter_table(str(blobs_files / name), chunk_rows=700, columns=[*wanted, "nope"]))
+        assert [len(c) for c in chunks] == [700, 700, 600]
+        assert sorted(chunks[0].columns) == sorted(wanted), name
+
+
+@pytest.mark.parametrize("missing", ["error", "drop", "mean"])
+def test_streamed_statistics_equal_the_whole_table_ones(missing):
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame(rng.normal(5.0, 3.0, size=(500, 4)), columns=list("abcd"))
+    if missing != "error":
+        frame.iloc[rng.integers(0, 500, 40), 1] = np.nan
+        frame.iloc[rng.integers(0, 500, 10), 3] = np.inf
+    columns = list(frame.columns)
+    whole = Preprocessor.fit(frame, columns, missing, "auto")
+    chunks = (frame.iloc[s : s + 37] for s in range(0, len(frame), 37))
+    streamed, kept = stream.fit_preprocessor(chunks, columns, missing, "auto")
+    assert streamed.likelihood == whole.likelihood == "gaussian"
+    for field in ("fill", "center", "scale"):
+        np.testing.assert_allclose(getattr(streamed, field), getattr(whole, field), rtol=1e-12)
+    assert kept == len(whole.transform(frame)[0])
+
+
+def test_streamed_statistics_choose_bernoulli_and_report_gaps():
+    frame = pd.DataFrame({"a": [0.0, 1.0, 0.5], "b": [1.0, 0.0, 0.25]})
+    pre, _ = stream.fit_preprocessor(iter([frame[:2], frame[2:]]), ["a", "b"], "error", "auto")
+    assert pre.likelihood == "bernoulli"
+    frame.loc[1, "b"] = np.nan
+    with pytest.raises(UserError, match=r"'b' \(1\).*--missing drop"):
+        stream.fit_preprocessor(iter([frame[:2], frame[2:]]), ["a", "b"], "error", "auto")
+
+
+@pytest.mark.parametrize("name", ["blobs.csv", "blobs.parquet", "blobs.h5"])
+def test_chunk_stream_gives_every_row_once_per_epoch(blobs_files, blobs, name, monkeypatch):
+    frame = blobs[0]
+    columns = list(frame.columns) if name != "blobs.h5" else [f"f{i}" for i in range(16)]
+    pre = Preprocessor(columns, "error", [0.0] * 16, [0.0] * 16, [1.0] * 16, "gaussian")
+    source = stream.ChunkStream(str(blobs_files / name), pre, chunk_rows=256)
+    assert source.rows == len(frame)
+    generator = torch.Generator().manual_seed(0)
+    epochs = [torch.cat(list(source.batches(50, generator))).numpy() for _ in range(2)]
+    expected = np.sort(frame.to_numpy(np.float32), axis=0)
+    for rows in epochs:
+        np.testing.assert_array_equal(np.sort(rows, axis=0), expected)
+    assert not np.array_equal(epochs[0], epochs[1])  # a new order each epoch
+    # Under torchrun each rank keeps rows i % world == rank: together, every row once.
+    shards = []
+    for rank in (0, 1):
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("RANK", str(rank))
+        shards.append(torch.cat(list(source.eval_batches(100))).numpy())
+    np.testing.assert_array_equal(shards[0], frame.to_numpy(np.float32)[0::2])
+    np.testing.assert_array_equal(shards[1], frame.to_numpy(np.float32)[1::2])
+
+
+def test_csv_units_without_a_final_line_end(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("a,b\n1,2\n3,4\n5,6\n7,8\n9,10")  # no newline after the last row
+    pre = Preprocessor(["a", "b"], "error", [0.0, 0.0], [0.0, 0.0], [1.0, 1.0], "gaussian")
+    source = stream.ChunkStream(str(path), pre, chunk_rows=2)
+    assert [u.rows for u in source.units] == [2, 2, 1]
+    rows = torch.cat(list(source.eval_batches(10))).numpy()
+    np.testing.assert_array_equal(rows[:, 0], [1, 3, 5, 7, 9])
+
+
+def test_should_stream_above_a_quarter_of_memory(blobs_files):
+    path = str(blobs_files / "blobs.csv")
+    size = os.path.getsize(path)
+    assert stream.should_stream(path, memory=size)  # the file is 100% of "memory"
+    assert not stream.should_stream(path, memory=8 * size)
+    assert not stream.should_stream("-")
+
+
+@pytest.mark.parametrize("name", ["blobs.parquet", "blobs.csv"])
+def test_assign_in_small_batches_equals_one_big_batch(trained_model, blobs_files, name, tmp_path):
+    data = blobs_files / name
+    small, big = tmp_path / "small.parquet", tmp_path / "big.parquet"
+    for out, batch in ((small, 128), (big, 100_000)):
+        result = run_cli("assign", trained_model, data, "-o", out, "--probs", "--batch-size", batch)
+        assert result.exit_code == 0, result.stderr
+    a, b = pd.read_parquet(small), pd.read_parquet(big)
+    assert len(a) == 2000
+    pd.testing.assert_frame_equal(a, b)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files
+
+
+def test_train_stream_on_blobs(blobs_files, blobs, tmp_path):
+    """--stream with the default recipe: a note, the paper recipe, and clean clusters."""
+    model = tmp_path / "model.pt"
+    result = run_cli("train", blobs_files / "blobs.csv", "--k", "5", "-o", model, "--stream",
+                     "--chunk-rows", "256", "--hidden", "32,32", "--epochs", "15")
+    assert result.exit_code == 0, result.stderr
+    assert "uses --recipe paper" in result.stderr
+    fitted = GMVAE.load(str(model))
+    assert fitted.settings.recipe == "paper"
+    assert adjusted_rand_score(blobs[1], fitted.predict(blobs[0])) >= 0.9
+    assert sum(fitted.cluster_sizes_) == 2000
+
+
+def test_stream_needs_a_file():
+    result = run_cli("train", "-", "--stream", *FAST_TRAIN, input="a,b\n1,2\n3,4\n")
+    assert result.exit_code == 2
+    assert "pass a file path" in result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_torchrun_two_cpu_processes_train_one_model(blobs_files, blobs, tmp_path):
+    """Two gloo processes, each on half the rows (batch 64 each: 128 per step in all)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [
+        str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "gmvae_cli",
+        "train", str(blobs_files / "blobs.csv"), "--k", "5", "-o", str(tmp_path / "model.pt"),
+        "--recipe", "paper", "--hidden", "32,32", "--epochs", "15", "--batch-size", "64",
+    ]
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=110, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("wrote ") == 1  # rank 0 alone reports and writes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+    result = run_cli("assign", tmp_path / "model.pt", blobs_files / "blobs.csv")
+    assert result.exit_code == 0, result.stderr
+    clusters = pd.read_csv(io.StringIO(result.stdout))["cluster"]
+    assert adjusted_rand_score(blobs[1], clusters) >= 0.9
