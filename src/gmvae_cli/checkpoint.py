@@ -6,9 +6,12 @@ containers and refuses anything else, so a file crafted to run code is rejected,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import signal
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -29,17 +32,33 @@ def save(path: str, payload: dict) -> None:
         raise UserError(f"cannot write checkpoint {path}: folder {folder} does not exist")
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
                "package_version": __version__, **payload}
+    # Ctrl-C or SIGTERM are held back while the file is written and renamed, and delivered
+    # right after: an interrupt can never leave a half-written temporary file behind.
+    with _signals_deferred():
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        except OSError as e:
+            raise UserError(f"cannot write checkpoint {path}: {e.strerror}; choose another -o path")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(payload, handle)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    deferred = {signal.SIGINT, signal.SIGTERM}
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise UserError(f"cannot write checkpoint {path}: {e.strerror}; choose another -o path")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def check_target(path: str, inputs: tuple[str, ...] = ()) -> None:

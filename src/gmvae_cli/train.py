@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
@@ -232,8 +233,10 @@ class Trainer:
         for epoch in range(start, guided + free):
             phase = "guided" if epoch < guided else "elbo"
             distributed.epoch_seed(seed, epoch)
+            started = time.perf_counter()
             record = self._epoch(trained, optimizer, shuffle, responsibilities if phase == "guided" else None)
-            record.update(epoch=epoch + 1, phase=phase, restart=r)
+            record.update(epoch=epoch + 1, phase=phase, restart=r,
+                          seconds=time.perf_counter() - started)
             history.append(record)
             self.reporter.update(1, f"ELBO {record['elbo']:.2f}")
             self.save(
