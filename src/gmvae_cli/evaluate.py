@@ -22,7 +22,6 @@ from gmvae_cli import plots
 from gmvae_cli.api import GMVAE
 from gmvae_cli.data import detect_format, read_hdf5_array, read_table
 from gmvae_cli.errors import UserError
-from gmvae_cli.metrics import label_report
 from gmvae_cli.options import AsJson, Device, Format, Key, ModelPath, Seed, handle_errors
 from gmvae_cli.progress import note
 
@@ -111,6 +110,8 @@ def build_report(
         known = ~pd.isna(labels)
         if not known.any():
             raise UserError("every label is missing; check the --labels column or file")
+        from gmvae_cli.metrics import label_report  # scikit-learn/scipy: only when scoring
+
         report["labels"] = label_report(labels[known], clusters[known], k)
         report["labels"]["rows_unlabelled"] = int((~known).sum())
     return report

@@ -11,11 +11,6 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.image as mpimg
-import matplotlib.pyplot as plt
 import numpy as np
 
 from gmvae_cli.errors import UserError
@@ -26,6 +21,17 @@ FIGURE_WITH_LABELS = (13.0, 5.5)
 FIGURE_SIZES_ONLY = (6.5, 4.5)
 ANNOTATE_MAX_CELLS = 400  # write the counts into the heatmap cells up to this many cells
 GRID_PAD = 1  # pixels between the images of a sample grid
+
+
+def _pyplot():
+    """matplotlib on demand: importing it costs ~100 MB and a second, which assign,
+    train and every other command that draws nothing should not pay."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def check_png(path: str, option: str) -> None:
@@ -55,6 +61,7 @@ def evaluation_figure(path: str, report: dict) -> None:
     """Cluster sizes, and with labels a confusion-matrix heatmap (labels × clusters)."""
     labels = report.get("labels")
     size = FIGURE_WITH_LABELS if labels else FIGURE_SIZES_ONLY
+    plt = _pyplot()
     fig = plt.figure(figsize=size, dpi=DPI)
     try:
         if labels:
@@ -143,5 +150,5 @@ def sample_grid(path: str, images: list[np.ndarray], shape: tuple[int, int]) -> 
     canvas = np.nan_to_num(canvas, nan=low)  # the frame and empty cells are the darkest value
     vmax = high if high > low else low + 1.0
     _write_atomically(
-        path, lambda tmp: mpimg.imsave(tmp, canvas, cmap="gray", vmin=low, vmax=vmax, format="png")
+        path, lambda tmp: _pyplot().imsave(tmp, canvas, cmap="gray", vmin=low, vmax=vmax, format="png")
     )

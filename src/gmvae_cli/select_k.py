@@ -39,7 +39,6 @@ import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
-from sklearn.metrics import adjusted_rand_score
 
 from gmvae_cli.api import GMVAE, as_frame
 from gmvae_cli.data import read_table
@@ -220,6 +219,8 @@ def _measure_k(k, frame, train, held, restarts, seed, columns, exclude, reporter
         labels.append(assigned)
         reporter.update(1, f"K={k} seed {run_seed}: held-out ELBO {elbos[-1]:.2f}")
     pairs = list(itertools.combinations(labels, 2))
+    from sklearn.metrics import adjusted_rand_score  # only the sweep needs scikit-learn
+
     stability = float(np.mean([adjusted_rand_score(a, b) for a, b in pairs])) if pairs else None
     return KResult(k, seeds, [float(e) for e in elbos], [int(e) for e in effective], stability)
 
