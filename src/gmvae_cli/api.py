@@ -72,7 +72,6 @@ class GMVAE:
         # input_dim and the likelihood are filled in by fit, from the data.
         self.config = ModelConfig(
             input_dim=1, k=k, x_dim=x_dim, w_dim=w_dim, hidden=tuple(hidden),
-            prior_hidden=hidden[-1] if len(hidden) else 500,
             mc_samples=mc_samples, lambda_z=lambda_z, likelihood="gaussian",
         )
         self.likelihood = likelihood

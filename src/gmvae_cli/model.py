@@ -28,10 +28,7 @@ class ModelConfig:
     x_dim: int = 10  # low: clusters separate better in a small latent space
     w_dim: int = 10
     hidden: tuple[int, ...] = (500, 500)  # encoder layers; the decoder mirrors them
-    # The prior network β: w -> prior_hidden (tanh) -> K means, K variances. The spec's
-    # reference net uses 500, as wide as its encoder; the estimator sets it to the
-    # encoder's last width so a small model is small throughout (assign speed).
-    prior_hidden: int = 500
+    prior_hidden: int = 500  # the spec's prior network: w -> 500 (tanh) -> K means, K variances
     likelihood: str = "gaussian"  # "gaussian" or "bernoulli"
     mc_samples: int = 1  # M in the spec
     lambda_z: float = 0.5  # the z-prior threshold λ

@@ -167,10 +167,14 @@ class Trainer:
             free = self.settings.epochs - guided
         return guided, free
 
-    def learning_rate(self) -> float:
+    def learning_rate(self, phase: str = "guided") -> float:
         if self.settings.lr is not None:
             return self.settings.lr
-        return self.schedule.lr if self.schedule is not None else 1e-3
+        if self.schedule is None:
+            return 1e-3
+        # After the guided epochs a lower rate lets the ELBO improve without drifting off
+        # the clusters the warm start found.
+        return self.schedule.free_lr if phase == "elbo" else self.schedule.lr
 
     # -- fitting -------------------------------------------------------------------------
 
@@ -232,6 +236,8 @@ class Trainer:
         self.reporter.update(start)
         for epoch in range(start, guided + free):
             phase = "guided" if epoch < guided else "elbo"
+            for group in optimizer.param_groups:
+                group["lr"] = self.learning_rate(phase)
             distributed.epoch_seed(seed, epoch)
             started = time.perf_counter()
             record = self._epoch(trained, optimizer, shuffle, responsibilities if phase == "guided" else None)
