@@ -125,7 +125,9 @@ def open_parquet(path: str) -> pq.ParquetFile:
     if path == STDIO:
         raise UserError("Parquet cannot be read from standard input; pass a file path")
     try:
-        return pq.ParquetFile(path)
+        # Buffered reads without pre-buffering: pyarrow otherwise holds whole row groups of
+        # raw column data and its pool keeps growing (5M rows read: 1.15 GiB RSS vs 0.34 GiB).
+        return pq.ParquetFile(path, pre_buffer=False, buffer_size=1 << 20)
     except (pa.ArrowInvalid, OSError) as e:
         raise UserError(f"{path} is not a readable Parquet file ({e}); check the file or --format")
 
