@@ -21,6 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from gmvae_cli.model import ELBOTerms, GMVAENet, log_cluster_posterior
+from gmvae_cli.train import batches
 
 Report = Callable[[str, float], None] | None
 
@@ -50,14 +51,6 @@ class RecipeSchedule:
 DEFAULT_SCHEDULE = RecipeSchedule()
 
 
-def _batches(n: int, batch_size: int, gen: torch.Generator):
-    perm = torch.randperm(n, generator=gen)
-    for i in range(0, n, batch_size):
-        idx = perm[i : i + batch_size]
-        if len(idx) > 1:  # batch norm cannot use a batch of one
-            yield idx
-
-
 def pretrain_autoencoder(
     net: GMVAENet,
     data: torch.Tensor,
@@ -73,7 +66,7 @@ def pretrain_autoencoder(
     opt = torch.optim.Adam(params, lr=schedule.pretrain_lr)
     net.train()
     for epoch in range(schedule.pretrain_epochs):
-        for idx in _batches(len(data), batch_size, gen):
+        for idx in batches(len(data), batch_size, gen):
             y = data[idx].to(device)
             x_mu = net.encoder(y)[0]
             loss = -net.decoder.log_likelihood(y, x_mu).mean()
