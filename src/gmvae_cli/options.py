@@ -25,6 +25,9 @@ def handle_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        # Python leaves SIGINT ignored when the parent ignored it (a background job of a
+        # non-interactive shell); `kill -INT` must still stop training with a checkpoint.
+        previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             return command(*args, **kwargs)
         except (typer.Exit, typer.Abort):
@@ -49,6 +52,7 @@ def handle_errors(command):
             raise typer.Exit(1)
         finally:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
 
     return wrapper
 
