@@ -17,11 +17,13 @@ from gmvae_cli.errors import UserError
 from gmvae_cli.options import (
     DEBUG,
     EXIT_INTERRUPTED,
+    AsJson,
     BatchSize,
     Device,
     Format,
     IdColumn,
     Key,
+    ModelPath,
     Output,
     Quiet,
     Seed,
@@ -156,7 +158,7 @@ def warn_collapse(model: GMVAE, say=note) -> None:
 @app.command()
 @handle_errors
 def assign(
-    model_path: Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint from gmvae train.")],
+    model_path: ModelPath,
     data: Annotated[str, typer.Argument(help="Table to assign: .csv, .parquet, .h5, or - for stdin.")],
     output: Output = None,
     probs: Annotated[bool, typer.Option("--probs", help="Add prob_0 … prob_{K-1}.")] = False,
@@ -189,8 +191,8 @@ def assign(
 @app.command()
 @handle_errors
 def info(
-    model_path: Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint from gmvae train.")],
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
+    model_path: ModelPath,
+    as_json: AsJson = False,
 ) -> None:
     """Show what a checkpoint holds.
 

@@ -10,12 +10,21 @@ import typer
 from gmvae_cli.api import GMVAE
 from gmvae_cli.data import TableWriter, iter_table
 from gmvae_cli.errors import UserError
-from gmvae_cli.options import BatchSize, Device, Format, IdColumn, Key, Output, handle_errors
+from gmvae_cli.options import (
+    BatchSize,
+    Device,
+    Format,
+    IdColumn,
+    Key,
+    ModelPath,
+    Output,
+    handle_errors,
+)
 
 
 @handle_errors
 def embed(
-    model_path: Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint from gmvae train.")],
+    model_path: ModelPath,
     data: Annotated[str, typer.Argument(help="Table to embed: .csv, .parquet, .h5, or - for stdin.")],
     output: Output = None,
     with_w: Annotated[bool, typer.Option("--with-w", help="Add w_0 … w_{Dw-1}, the means of w.")] = False,
