@@ -12,7 +12,7 @@ from rich.table import Table
 from gmvae_cli import __version__, distributed, embed, evaluate, sampling, select_k, stream
 from gmvae_cli.api import GMVAE
 from gmvae_cli.checkpoint import check_target
-from gmvae_cli.data import TableWriter, iter_table, read_table
+from gmvae_cli.data import TableWriter, count_rows, iter_table, read_table
 from gmvae_cli.errors import UserError
 from gmvae_cli.options import (
     DEBUG,
@@ -31,7 +31,7 @@ from gmvae_cli.options import (
     parse_list,
     parse_sizes,
 )
-from gmvae_cli.progress import Reporter, note
+from gmvae_cli.progress import Reporter, note, write_rows
 
 app = typer.Typer(
     help="Cluster the rows of a feature table with a Gaussian Mixture VAE.",
@@ -165,9 +165,10 @@ def assign(
     id_column: IdColumn = None,
     mc_samples: Annotated[int, typer.Option(help="0: posterior means (deterministic); else samples.")] = 0,
     batch_size: BatchSize = 65536,
-    device: Device = "cpu",
+    device: Device = "auto",
     fmt: Format = None,
     key: Key = None,
+    quiet: Quiet = False,
 ) -> None:
     """Assign each row of DATA to a cluster; CSV on stdout unless -o.
 
@@ -182,10 +183,8 @@ def assign(
         # Only the model's columns (and an id column) are read, where the format allows it.
         wanted = [*model.preprocessor_.columns, *(c for c in (id_column, model.id_column_) if c)]
         chunks = iter_table(data, fmt, key, chunk_rows=batch_size, columns=wanted)
-        for frame in model.assign_chunks(
-            chunks, probs=probs, id_column=id_column, mc_samples=mc_samples
-        ):
-            writer.write(frame)
+        frames = model.assign_chunks(chunks, probs=probs, id_column=id_column, mc_samples=mc_samples)
+        write_rows(frames, writer.write, "assigning", count_rows(data, fmt, key), quiet)
 
 
 @app.command()

@@ -93,6 +93,22 @@ def iter_table(
         raise UserError(f"{name} has no data rows; it needs at least one row below the header")
 
 
+def count_rows(path: str, fmt: str | None = None, key: str | None = None) -> int | None:
+    """The number of rows, where the format records it (Parquet metadata, an HDF5 shape);
+    None for CSV and standard input, or when the file cannot be opened (reading it will then
+    say why)."""
+    try:
+        fmt = detect_format(path, fmt)
+        if fmt == "parquet":
+            return open_parquet(path).metadata.num_rows
+        if fmt == "hdf5":
+            with open_hdf5(path) as h5:
+                return _pick_hdf5_dataset(h5, path, key).shape[0]
+    except (UserError, OSError):
+        pass
+    return None
+
+
 def read_table(path: str, fmt: str | None = None, key: str | None = None) -> pd.DataFrame:
     return pd.concat(list(iter_table(path, fmt, key)), ignore_index=True)
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gmvae_cli.api import GMVAE
-from gmvae_cli.data import TableWriter, iter_table
+from gmvae_cli.data import TableWriter, count_rows, iter_table
 from gmvae_cli.errors import UserError
 from gmvae_cli.options import (
     BatchSize,
@@ -18,8 +18,10 @@ from gmvae_cli.options import (
     Key,
     ModelPath,
     Output,
+    Quiet,
     handle_errors,
 )
+from gmvae_cli.progress import write_rows
 
 
 @handle_errors
@@ -33,9 +35,10 @@ def embed(
     ] = False,
     id_column: IdColumn = None,
     batch_size: BatchSize = 65536,
-    device: Device = "cpu",
+    device: Device = "auto",
     fmt: Format = None,
     key: Key = None,
+    quiet: Quiet = False,
 ) -> None:
     """Write each row's latent coordinates; CSV on stdout unless -o.
 
@@ -49,7 +52,7 @@ def embed(
     model = GMVAE.load(model_path, device=device)
     with TableWriter(output, inputs=(data, model_path)) as writer:
         chunks = iter_table(data, fmt, key, chunk_rows=batch_size)
-        for frame in model.embed_chunks(
+        frames = model.embed_chunks(
             chunks, with_w=with_w, with_cluster=with_cluster, id_column=id_column
-        ):
-            writer.write(frame)
+        )
+        write_rows(frames, writer.write, "embedding", count_rows(data, fmt, key), quiet)

@@ -138,7 +138,7 @@ def evaluate(
         typer.Option("--plot", help="Save a PNG: confusion matrix (with labels) and cluster sizes."),
     ] = None,
     seed: Seed = 0,
-    device: Device = "cpu",
+    device: Device = "auto",
     fmt: Format = None,
     key: Key = None,
 ) -> None:

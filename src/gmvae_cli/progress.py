@@ -5,6 +5,10 @@ Stdout is kept for data, so every note, warning and bar goes to this stderr cons
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterable
+
+import pandas as pd
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from typing_extensions import Self
@@ -31,6 +35,9 @@ class Reporter:
             console=stderr,
             disable=not self.enabled,
             transient=False,
+            # stdout carries data (assign's CSV): rich must not route it through this console.
+            redirect_stdout=False,
+            redirect_stderr=False,
         )
         self._task = None
 
@@ -41,7 +48,7 @@ class Reporter:
     def __exit__(self, *exc) -> None:
         self._progress.__exit__(*exc)
 
-    def stage(self, description: str, total: int) -> None:
+    def stage(self, description: str, total: int | None) -> None:
         if self._task is not None:
             self._progress.update(self._task, visible=True)
         self._task = self._progress.add_task(description, total=total, info="")
@@ -49,3 +56,20 @@ class Reporter:
     def update(self, advance: int = 1, info: str = "") -> None:
         if self._task is not None:
             self._progress.update(self._task, advance=advance, info=info)
+
+
+def write_rows(
+    frames: Iterable[pd.DataFrame],
+    write: Callable[[pd.DataFrame], None],
+    description: str,
+    total: int | None,
+    quiet: bool = False,
+) -> None:
+    """Write frames one by one under a bar counting rows (total None: the count alone)."""
+    started, done = time.perf_counter(), 0
+    with Reporter(quiet) as reporter:
+        reporter.stage(description, total)
+        for frame in frames:
+            write(frame)
+            done += len(frame)
+            reporter.update(len(frame), f"{done / (time.perf_counter() - started):,.0f} rows/s")

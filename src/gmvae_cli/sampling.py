@@ -38,7 +38,7 @@ def sample(
         str | None,
         typer.Option("--image-shape", help="HxW of one image for --grid, e.g. 28x28 (default: square)."),
     ] = None,
-    device: Device = "cpu",
+    device: Device = "auto",
 ) -> None:
     """Draw new rows from MODEL, in the original scale, with a `cluster` column.
 
