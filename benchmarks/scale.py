@@ -11,14 +11,22 @@
 4. Runs `gmvae assign` on the whole file with the 1-process model, as a subprocess: rows/s
    and its peak RSS (the kernel's maximum resident set size of that process).
 
-Results go to bench-results/scale.json (scale-ROWS.json for other --rows) and a table on stdout.
+5. Times the network alone on one row group already in memory, and the rate the machine's
+   matmul peak would allow for its multiply-adds per row: the ceiling for assign here.
+6. Times assign's own work with the network replaced by a uniform answer (3M rows): what
+   assign approaches where the network is nearly free, as on a GPU.
+
+Results go to bench-results/scale.json (scale-ROWS.json for other --rows, a -threadsN suffix
+for other --threads) and a table on stdout.
 Every process runs with --threads threads (OMP_NUM_THREADS), 1 by default.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import math
 import os
 import platform
 import subprocess
@@ -33,8 +41,11 @@ import pyarrow.parquet as pq
 import torch
 from sklearn.metrics import adjusted_rand_score
 
+from benchmarks.quality import matmul_peak_gflops
 from gmvae_cli import checkpoint
 from gmvae_cli.api import GMVAE
+from gmvae_cli.data import TableWriter, iter_table
+from gmvae_cli.model import GMVAENet
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench-cache"
@@ -87,6 +98,52 @@ def raw_read(path: Path, columns: list[str]) -> dict:
         seconds = time.perf_counter() - started
         out[name] = {"rows": rows, "seconds": round(seconds, 3), "rows_per_s": rows / seconds}
     return out
+
+
+def network_ceiling(model_path: Path, path: Path, columns: list[str]) -> dict:
+    """What the network alone allows: assign's computation on one row group already in
+    memory (no reading, no writing), its multiply-adds per row, and the best rate the
+    machine's matmul peak would give them."""
+    model = GMVAE.load(str(model_path))
+    matrix, _ = model.matrix(pq.ParquetFile(path).read_row_group(0, columns=columns).to_pandas())
+    started = time.perf_counter()
+    model._log_proba(matrix)  # what assign computes for each preprocessed chunk
+    seconds = time.perf_counter() - started
+    state = checkpoint.load(str(model_path))["state_dict"]
+    # Per row with posterior means: the encoder and the prior network once (no decoder).
+    macs = sum(t.shape[0] * t.shape[1] for name, t in state.items()
+               if name.split(".")[0] in ("encoder", "prior") and t.ndim == 2)
+    peak = matmul_peak_gflops()
+    return {
+        "rows": len(matrix), "seconds": round(seconds, 3), "rows_per_s": len(matrix) / seconds,
+        "macs_per_row": macs, "matmul_gflops": round(peak, 1),
+        "peak_bound_rows_per_s": peak * 1e9 / (2 * macs),
+    }
+
+
+def pipeline_without_network(model_path: Path, path: Path, rows: int = 3_000_000) -> dict:
+    """assign's own work (read, preprocess, output columns, Parquet write) on the first `rows`
+    rows, in this process, with the network replaced by a uniform answer: the rate assign
+    would approach on a device where the network costs next to nothing (a GPU)."""
+    model = GMVAE.load(str(model_path))
+    k = model.config.k
+    real = GMVAENet.cluster_log_proba
+    GMVAENet.cluster_log_proba = lambda self, y, mc_samples=0: torch.full((len(y), k), -math.log(k))
+    try:
+        columns = list(model.preprocessor_.columns)
+        chunks = itertools.islice(iter_table(str(path), chunk_rows=65_536, columns=columns),
+                                  -(-rows // 65_536))
+        out = CACHE / "scale-pipeline.parquet"
+        started, done = time.perf_counter(), 0
+        with TableWriter(str(out)) as writer:
+            for frame in model.assign_chunks(chunks):
+                writer.write(frame)
+                done += len(frame)
+        seconds = time.perf_counter() - started
+        out.unlink()
+    finally:
+        GMVAENet.cluster_log_proba = real
+    return {"rows": done, "seconds": round(seconds, 3), "rows_per_s": done / seconds}
 
 
 def measured(command: list[str], env: dict) -> dict:
@@ -199,15 +256,23 @@ def main() -> None:
     out.unlink()
     assign.update(rows=assigned, rows_per_s=assigned / assign["seconds"])
 
+    print("timing the network alone …", file=sys.stderr, flush=True)
+    ceiling = network_ceiling(CACHE / "scale-model-1.pt", big, features)
+    print("timing assign without the network …", file=sys.stderr, flush=True)
+    pipeline = pipeline_without_network(CACHE / "scale-model-1.pt", big, min(args.rows, 3_000_000))
+
     report = {
         "rows": args.rows, "cols": args.cols, "file_mib": round(big.stat().st_size / 2**20, 1),
         "threads": args.threads, "cpus": os.cpu_count(), "machine": platform.processor() or
         platform.machine(), "torch": torch.__version__, "model": " ".join(MODEL),
-        "read": reads, "assign": assign, "train": runs,
+        "read": reads, "assign": assign, "network": ceiling,
+        "pipeline_without_network": pipeline, "train": runs,
         "assign_vs_raw_read": assign["rows_per_s"] / reads["raw_read"]["rows_per_s"],
+        "pipeline_vs_raw_read": pipeline["rows_per_s"] / reads["raw_read"]["rows_per_s"],
     }
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / ("scale.json" if args.rows == FULL_ROWS else f"scale-{args.rows}.json")
+    name = "scale" if args.rows == FULL_ROWS else f"scale-{args.rows}"
+    path = RESULTS / (f"{name}.json" if args.threads == 1 else f"{name}-threads{args.threads}.json")
     path.write_text(json.dumps(report, indent=2))
     print_table(report)
     print(f"\nwrote {path.relative_to(ROOT)}", file=sys.stderr)
@@ -224,11 +289,18 @@ def print_table(r: dict) -> None:
     a = r["assign"]
     print(f"{'gmvae assign':<34}{a['rows_per_s']:>14,.0f}{a['seconds']:>10.2f}"
           f"{a['peak_rss_mib']:>9.0f} MiB")
+    n = r["network"]
+    print(f"{'network alone (rows in memory)':<34}{n['rows_per_s']:>14,.0f}{n['seconds']:>10.2f}")
+    p = r["pipeline_without_network"]
+    print(f"{'assign without the network':<34}{p['rows_per_s']:>14,.0f}{p['seconds']:>10.2f}")
+    print(f"{'matmul-peak bound':<34}{n['peak_bound_rows_per_s']:>14,.0f}"
+          f"   ({n['macs_per_row']:,} multiply-adds per row, {n['matmul_gflops']} GFLOP/s)")
     for t in r["train"]:
         name = f"train, torchrun × {t['processes']} ({t['epochs']} epochs)"
         print(f"{name:<34}{t['rows_per_s']:>14,.0f}{t['epoch_seconds']:>10.2f}{'':>12}"
               f"{t['ari']:>8.3f}")
-    print(f"assign / raw read: {r['assign_vs_raw_read']:.2f}")
+    print(f"assign / raw read: {r['assign_vs_raw_read']:.3f}; "
+          f"without the network: {r['pipeline_vs_raw_read']:.2f}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ determinism. See docs/reliability.md."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import pickle
@@ -18,7 +19,7 @@ import pytest
 import torch
 
 from conftest import make_blobs_frame, run_cli
-from gmvae_cli import checkpoint
+from gmvae_cli import checkpoint, recipe
 from gmvae_cli.model import GMVAENet
 from gmvae_cli.train import DIVERGED
 
@@ -184,6 +185,35 @@ def test_resumed_run_equals_an_uninterrupted_one(small_csv, monkeypatch):
         assert torch.equal(tensor, parts["state_dict"][name]), name
     out = [run_cli("assign", m, small_csv, "--probs").stdout for m in ("whole.pt", "parts.pt")]
     assert out[0] == out[1]
+
+
+@pytest.mark.parametrize("stop_after", [2, 4])  # in the guided phase; in the plain-ELBO phase
+def test_default_recipe_resume_equals_an_uninterrupted_run(small_csv, monkeypatch, stop_after):
+    """The warm start is not redone on resume: its pseudo-cluster responsibilities travel in
+    the checkpoint until the guided epochs end, so the resumed run gives the same bytes."""
+    short = dataclasses.replace(recipe.RecipeSchedule(), pretrain_epochs=2, guided_epochs=3, free_epochs=2)
+    monkeypatch.setattr(recipe, "RecipeSchedule", lambda: short)
+    args = lambda out: ["train", small_csv, "--k", "3", "-o", out, *TINY[2:]]  # default recipe
+    assert run_cli(*args("whole.pt")).exit_code == 0
+
+    real_save = checkpoint.save
+
+    def save_then_interrupt(path, payload):
+        real_save(path, payload)
+        if payload["training"] and payload["training"]["epoch"] == stop_after:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save", save_then_interrupt)
+    assert run_cli(*args("parts.pt")).exit_code == 130
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    assert run_cli(*args("parts.pt"), "--resume").exit_code == 0
+
+    whole, parts = checkpoint.load("whole.pt"), checkpoint.load("parts.pt")
+    phases = [h["phase"] for h in whole["history"]]
+    assert phases == ["guided"] * 3 + ["elbo"] * 2
+    for name, tensor in whole["state_dict"].items():
+        assert torch.equal(tensor, parts["state_dict"][name]), name
+    assert whole["terms"] == parts["terms"]
 
 
 # -- numerical faults --------------------------------------------------------------------------

@@ -323,10 +323,13 @@ class GMVAE:
     ) -> dict:
         """cluster, confidence (and prob_0 … with probs) for every row; empty where not kept."""
         log_p = self._log_proba(matrix, mc_samples)  # (kept rows, K)
-        cluster = pd.array([pd.NA] * len(keep), dtype="Int64")
-        cluster[keep] = log_p.argmax(1)
+        top = log_p.argmax(1)
+        best = np.zeros(len(keep), dtype=np.int64)
+        best[keep] = top
+        cluster = pd.arrays.IntegerArray(best, ~keep)  # masked (empty) where not kept
         confidence = np.full(len(keep), np.nan)
-        confidence[keep] = np.exp(log_p.max(1))
+        # The top log-probability by index: numpy's max along a short axis is 10x slower.
+        confidence[keep] = np.exp(np.take_along_axis(log_p, top[:, None], axis=1)[:, 0])
         out = {"cluster": cluster, "confidence": confidence}
         if probs:
             p = np.full((len(keep), self.config.k), np.nan)

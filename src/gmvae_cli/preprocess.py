@@ -115,23 +115,29 @@ class Preprocessor:
                 f"{f' (and {len(absent) - 1} more)' if len(absent) > 1 else ''}; "
                 "pass a table with the columns the model was trained on"
             )
-        for c in self.columns:
-            if not pd.api.types.is_numeric_dtype(frame[c]):
+        features = frame[self.columns]
+        for c, dtype in zip(self.columns, features.dtypes):
+            if not pd.api.types.is_numeric_dtype(dtype):
                 raise UserError(f"model column {c!r} holds non-numeric values; clean that column")
-        values = frame[self.columns].to_numpy(dtype=np.float64, copy=True)
-        values[~np.isfinite(values)] = np.nan
-        _check_missing(values, self.columns, self.missing)
-        keep = ~np.isnan(values).any(axis=1)
-        if self.missing == "drop":
-            values = values[keep]
-        elif self.missing == "mean":
-            values = np.where(np.isnan(values), np.asarray(self.fill), values)
-            keep[:] = True
-        scaled = (values - np.asarray(self.center)) / np.asarray(self.scale)
+        values = features.to_numpy(dtype=np.float64, copy=True)
+        keep = np.ones(len(values), dtype=bool)
+        finite = np.isfinite(values)
+        if not finite.all():  # most chunks have no gaps: no bookkeeping then
+            values[~finite] = np.nan
+            _check_missing(values, self.columns, self.missing)
+            keep = finite.all(axis=1)
+            if self.missing == "drop":
+                values = values[keep]
+            elif self.missing == "mean":
+                values = np.where(finite, values, np.asarray(self.fill))
+                keep[:] = True
+        # In place: a chunk of a large table is scaled without extra copies.
+        values -= np.asarray(self.center)
+        values /= np.asarray(self.scale)
         if self.likelihood == "bernoulli":
-            scaled = np.clip(scaled, 0.0, 1.0)  # the Bernoulli likelihood needs [0, 1]
+            np.clip(values, 0.0, 1.0, out=values)  # the Bernoulli likelihood needs [0, 1]
         with np.errstate(over="ignore"):
-            scaled = scaled.astype(np.float32)
+            scaled = values.astype(np.float32)
         if not np.isfinite(scaled).all():  # finite in float64, too large for float32
             column = self.columns[int(np.nonzero(~np.isfinite(scaled).all(axis=0))[0][0])]
             raise UserError(

@@ -225,6 +225,7 @@ class Trainer:
                 seed=seed,
                 batch_size=self.settings.batch_size,
                 device=self.device,
+                schedule=self.schedule,
                 report=self._report_stage,
             )
             # The warm start may have moved parameters the optimizer holds state for.
