@@ -19,7 +19,7 @@ from sklearn.metrics import adjusted_rand_score
 from conftest import FAST_TRAIN, run_cli
 from gmvae_cli import stream
 from gmvae_cli.api import GMVAE
-from gmvae_cli.data import iter_table
+from gmvae_cli.data import csv_rows, iter_table
 from gmvae_cli.errors import UserError
 from gmvae_cli.preprocess import Preprocessor
 
@@ -164,3 +164,29 @@ def test_torchrun_two_cpu_processes_train_one_model(blobs_files, blobs, tmp_path
     assert result.exit_code == 0, result.stderr
     clusters = pd.read_csv(io.StringIO(result.stdout))["cluster"]
     assert adjusted_rand_score(blobs[1], clusters) >= 0.9
+
+
+def test_csv_rows_match_pandas_values_and_quote_only_where_needed():
+    """The fast CSV writer: the same values as pandas' writer reads back, empty fields for
+    missing values, quotes only for values that need them (pandas handles those chunks)."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({
+        "id": [f"r{i}" for i in range(50)],
+        "cluster": pd.arrays.IntegerArray(rng.integers(0, 9, 50), rng.random(50) < 0.1),
+        "confidence": np.where(rng.random(50) < 0.1, np.nan, rng.random(50) * 10.0 ** -rng.integers(0, 12, 50)),
+        "x_0": rng.standard_normal(50).astype(np.float32),
+    })
+    text = csv_rows(frame)
+    assert '"' not in text  # plain ids need no quotes
+    fields = [line.split(",") for line in text.splitlines()]
+    missing = frame["cluster"].isna().to_numpy()
+    assert all(f[1] == "" for f in np.array(fields, dtype=object)[missing])  # empty, not "nan"
+    back = pd.read_csv(io.StringIO(text), header=None, names=list(frame.columns))
+    expected = pd.read_csv(io.StringIO(frame.to_csv(index=False, header=False)), header=None,
+                           names=list(frame.columns))
+    pd.testing.assert_frame_equal(back, expected)
+    assert back["cluster"].isna().sum() == frame["cluster"].isna().sum() > 0
+
+    odd = frame.assign(id=["a,b", 'say "hi"'] + [f"r{i}" for i in range(48)])
+    assert csv_rows(odd) == odd.to_csv(index=False, header=False)  # pandas wrote this chunk
+    assert csv_rows(odd).startswith('"a,b",')

@@ -135,6 +135,10 @@ def train(
         else:
             note("interrupted before the first epoch ended; nothing was saved")
         raise typer.Exit(EXIT_INTERRUPTED)
+    finally:
+        # Under torchrun: leave the process group before exit. Left to the interpreter's
+        # teardown, gloo can abort a rank whose peer has already gone (SIGABRT, seen once).
+        distributed.shutdown()
     if not distributed.is_main():
         return  # rank 0 reports for every rank
     terms = model.terms_

@@ -7,6 +7,7 @@ concatenates the chunks for callers that need everything (training).
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import sys
@@ -18,6 +19,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from typing_extensions import Self
 
@@ -235,6 +237,31 @@ def read_hdf5_array(path: str, key: str) -> np.ndarray:
         raise UserError(f"{path} is not a readable HDF5 file; check the path")
 
 
+def csv_rows(frame: pd.DataFrame) -> str:
+    """The frame's rows as CSV text, no header; empty fields for missing values.
+
+    pyarrow's writer is about 9x faster than pandas' for numbers and plain strings. Other
+    types (dates, booleans) and values that need quotes (a comma in an id; quoting "none"
+    refuses them) go through pandas, which quotes only where needed, like the header.
+    """
+    try:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if all(_arrow_csv_type(t) for t in table.schema.types):
+            out = io.BytesIO()
+            options = pacsv.WriteOptions(include_header=False, quoting_style="none")
+            pacsv.write_csv(table, out, options)
+            return out.getvalue().decode()
+    except pa.ArrowException:
+        pass
+    return frame.to_csv(index=False, header=False, lineterminator="\n")
+
+
+def _arrow_csv_type(t: pa.DataType) -> bool:
+    """Types pyarrow prints as pandas does (numbers up to the exponent form, plain text)."""
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_string(t) \
+        or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
 class TableWriter:
     """Writes a table chunk by chunk to CSV or Parquet, or CSV on stdout for None / '-'.
 
@@ -280,8 +307,10 @@ class TableWriter:
             return
         if self._handle is None:
             self._handle = sys.stdout if self.path is None else open(self._tmp, "w", newline="")  # noqa: SIM115 (closed in __exit__)
-        frame.to_csv(self._handle, index=False, header=not self._header_done)
-        self._header_done = True
+        if not self._header_done:
+            csv.writer(self._handle, lineterminator="\n").writerow(frame.columns)
+            self._header_done = True
+        self._handle.write(csv_rows(frame))
 
     def __enter__(self) -> Self:
         return self
