@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +191,29 @@ def test_csv_rows_match_pandas_values_and_quote_only_where_needed():
     odd = frame.assign(id=["a,b", 'say "hi"'] + [f"r{i}" for i in range(48)])
     assert csv_rows(odd) == odd.to_csv(index=False, header=False)  # pandas wrote this chunk
     assert csv_rows(odd).startswith('"a,b",')
+
+
+@pytest.mark.timeout(120)
+def test_assign_streams_standard_input(trained_model, blobs):
+    """Rows piped in come out before the input ends: stdin is parsed chunk by chunk, never
+    held whole (a writer that never closes its end would otherwise wait forever)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gmvae_cli", "assign", str(trained_model), "-", "--batch-size", "100"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    try:
+        proc.stdin.write(blobs[0].to_csv(index=False).encode())  # 2000 rows; stdin stays open
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "no output while standard input was still open: it was read whole"
+        assert proc.stdout.readline() == b"row,cluster,confidence\n"
+        assert proc.stdout.readline().startswith(b"0,")
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        proc.stdin.close()
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()
+    assert len(rest.splitlines()) == 1999

@@ -118,12 +118,9 @@ def read_table(path: str, fmt: str | None = None, key: str | None = None) -> pd.
 def _iter_csv(
     path: str, key: str | None, chunk_rows: int, columns: list[str] | None = None
 ) -> Iterator[pd.DataFrame]:
-    source = path
-    if path == STDIO:
-        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read()
-        if not data.strip():
-            raise UserError("standard input is empty; pipe a CSV table with a header row")
-        source = io.BytesIO(data if isinstance(data, bytes) else data.encode())
+    # Standard input is parsed as it arrives, a chunk at a time, like a file: `cat big.csv |
+    # gmvae assign model.pt -` holds one chunk, not the whole stream.
+    source = getattr(sys.stdin, "buffer", sys.stdin) if path == STDIO else path
     name = "standard input" if path == STDIO else path
     sep = "\t" if str(path).lower().endswith(".tsv") else ","
     usecols = None if columns is None else (lambda name: name in columns)
@@ -131,6 +128,8 @@ def _iter_csv(
         with pd.read_csv(source, sep=sep, chunksize=chunk_rows, usecols=usecols) as reader:
             yield from reader
     except pd.errors.EmptyDataError:
+        if path == STDIO:
+            raise UserError("standard input is empty; pipe a CSV table with a header row")
         raise UserError(f"{name} is empty; it needs a header row and at least one data row")
     except pd.errors.ParserError as e:
         detail = str(e).strip().splitlines()[-1]
