@@ -85,3 +85,15 @@ def test_epochs_option_splits_guided_then_plain():
                       TrainSettings(recipe="default", epochs=25), torch.device("cpu"))
     guided = recipe.DEFAULT_SCHEDULE.guided_epochs
     assert trainer.epochs() == (guided, 25 - guided)
+
+
+def test_exact_neighbours_match_brute_force_search_across_blocks():
+    from sklearn.neighbors import NearestNeighbors
+
+    codes = np.random.default_rng(5).standard_normal((300, 7)).astype(np.float32)
+    index, distance = recipe.exact_neighbours(codes, 6, block_elements=300 * 64)  # 5 blocks
+    want_distance, want_index = NearestNeighbors(n_neighbors=6, algorithm="brute").fit(codes).kneighbors(codes)
+    np.testing.assert_array_equal(index, want_index)
+    np.testing.assert_array_equal(index[:, 0], np.arange(300))  # each row is its own nearest
+    assert (distance[:, 0] == 0).all()  # exactly: UMAP reads the first non-zero as a neighbour
+    np.testing.assert_allclose(distance, want_distance, atol=1e-4)

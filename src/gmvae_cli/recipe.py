@@ -45,6 +45,7 @@ class RecipeSchedule:
     # single fits often split one digit and merge two (0.81 vs 0.94 on MNIST)
     umap_neighbours: int = 20
     umap_min_rows: int = 500  # below this, GMM on the codes (UMAP graph too thin to help)
+    exact_knn_max_rows: int = 100_000  # UMAP's neighbours by exact search up to here (below)
     prior_weight_scale: float = 0.01  # shrink β's output weights so every w gives ~ the init
     autoencoders: int = 2  # codes of independently initialised autoencoders, concatenated:
     # one autoencoder's codes sometimes merge two digits (MNIST seed 4: 0.82 with UMAP + GMM);
@@ -102,12 +103,17 @@ def pseudo_responsibilities(codes: np.ndarray, k: int, seed: int, schedule: Reci
         os.environ.setdefault("NUMBA_NUM_THREADS", str(torch.get_num_threads()))
         import umap  # slow to import (numba); only the warm start needs it
 
+        neighbours = min(schedule.umap_neighbours, n - 1)
+        # Exact neighbours by matrix products take a second or two here, where UMAP's own
+        # approximate search (pynndescent) spends ~20 s of every run compiling numba code.
+        exact = exact_neighbours(codes, neighbours) if n <= schedule.exact_knn_max_rows else None
         reducer = umap.UMAP(
             n_components=schedule.umap_dims,
-            n_neighbors=min(schedule.umap_neighbours, n - 1),
+            n_neighbors=neighbours,
             min_dist=0.0,  # tight clumps: what a GMM separates best
             random_state=seed,  # reproducible, which makes UMAP single-threaded
             n_jobs=1,
+            precomputed_knn=exact or (None, None, None),
         )
         with warnings.catch_warnings():  # UMAP's notes are not for our users' stderr
             warnings.simplefilter("ignore")
@@ -116,6 +122,28 @@ def pseudo_responsibilities(codes: np.ndarray, k: int, seed: int, schedule: Reci
         k, covariance_type="full", random_state=seed, n_init=schedule.gmm_inits, reg_covar=1e-4
     ).fit(emb)
     return gmm.predict_proba(emb)
+
+
+@torch.no_grad()
+def exact_neighbours(
+    codes: np.ndarray, k: int, block_elements: int = 2**25
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k nearest rows (nearest first: itself, or a duplicate) and their distances, as UMAP's
+    `precomputed_knn` takes them; blocks of rows keep the distance matrix near 128 MB."""
+    x = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32))
+    squared = (x * x).sum(1)
+    index = np.empty((len(x), k), dtype=np.int64)
+    distance = np.empty((len(x), k), dtype=np.float32)
+    block = max(1, block_elements // len(x))
+    for start in range(0, len(x), block):
+        rows = slice(start, start + block)
+        d2 = (squared[rows, None] - 2.0 * x[rows] @ x.T + squared[None, :]).clamp_min_(0.0)
+        # A row's distance to itself must be exactly 0 (rounding leaves ~1e-3): UMAP takes
+        # the first non-zero distance as the nearest neighbour's.
+        d2[torch.arange(d2.shape[0]), torch.arange(start, start + d2.shape[0])] = 0.0
+        nearest, at = torch.topk(d2, k, dim=1, largest=False)  # sorted, nearest first
+        index[rows], distance[rows] = at.numpy(), nearest.sqrt().numpy()
+    return index, distance
 
 
 @torch.no_grad()
