@@ -53,6 +53,7 @@ class RecipeSchedule:
 
 
 DEFAULT_SCHEDULE = RecipeSchedule()
+UMAP_SMALL_DATA = 4096  # umap-learn computes all distances itself below this many rows
 
 
 def pretrain_autoencoder(
@@ -105,8 +106,11 @@ def pseudo_responsibilities(codes: np.ndarray, k: int, seed: int, schedule: Reci
 
         neighbours = min(schedule.umap_neighbours, n - 1)
         # Exact neighbours by matrix products take a second or two here, where UMAP's own
-        # approximate search (pynndescent) spends ~20 s of every run compiling numba code.
-        exact = exact_neighbours(codes, neighbours) if n <= schedule.exact_knn_max_rows else None
+        # approximate search (pynndescent, from 4,096 rows; below it UMAP is exact itself)
+        # spends ~20 s of every run compiling numba code.
+        exact = None
+        if UMAP_SMALL_DATA <= n <= schedule.exact_knn_max_rows:
+            exact = exact_neighbours(codes, neighbours)
         reducer = umap.UMAP(
             n_components=schedule.umap_dims,
             n_neighbors=neighbours,
