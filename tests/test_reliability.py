@@ -159,30 +159,36 @@ def test_interrupt_before_the_first_epoch_says_nothing_was_saved(small_csv, monk
     assert not Path("model.pt").exists()
 
 
-def test_resumed_run_equals_an_uninterrupted_one(small_csv, monkeypatch):
-    """Same seed: interrupted in the second restart, then resumed, gives the same bytes."""
-    args = lambda out: train_args(small_csv, out, 5, "--restarts", "2")
-    assert run_cli(*args("whole.pt")).exit_code == 0
-
+def interrupted_then_resumed(monkeypatch, args: list[str], stop) -> tuple[dict, dict]:
+    """Train whole.pt without a break, and parts.pt interrupted (Ctrl-C) right after the
+    epoch-end checkpoint whose training state `stop` accepts, then resumed; both payloads."""
+    assert run_cli(*args, "-o", "whole.pt").exit_code == 0
     real_save = checkpoint.save
 
     def save_then_interrupt(path, payload):
         real_save(path, payload)
-        state = payload["training"]
-        if state and state["restart"] == 1 and state["epoch"] == 2:
+        if payload["training"] and stop(payload["training"]):
             raise KeyboardInterrupt
 
     monkeypatch.setattr(checkpoint, "save", save_then_interrupt)
-    assert run_cli(*args("parts.pt")).exit_code == 130
+    assert run_cli(*args, "-o", "parts.pt").exit_code == 130
     monkeypatch.setattr(checkpoint, "save", real_save)
-    assert run_cli(*args("parts.pt"), "--resume").exit_code == 0
-
+    assert run_cli(*args, "-o", "parts.pt", "--resume").exit_code == 0
     whole, parts = checkpoint.load("whole.pt"), checkpoint.load("parts.pt")
-    timeless = lambda history: [{**h, "seconds": None} for h in history]
-    assert timeless(whole["history"]) == timeless(parts["history"])
-    assert whole["terms"] == parts["terms"]
     for name, tensor in whole["state_dict"].items():
         assert torch.equal(tensor, parts["state_dict"][name]), name
+    assert whole["terms"] == parts["terms"]
+    return whole, parts
+
+
+def test_resumed_run_equals_an_uninterrupted_one(small_csv, monkeypatch):
+    """Same seed: interrupted in the second restart, then resumed, gives the same bytes."""
+    args = ["train", small_csv, "--k", "3", "--epochs", "5", "--restarts", "2", *TINY]
+    whole, parts = interrupted_then_resumed(
+        monkeypatch, args, lambda state: state["restart"] == 1 and state["epoch"] == 2
+    )
+    timeless = lambda history: [{**h, "seconds": None} for h in history]
+    assert timeless(whole["history"]) == timeless(parts["history"])
     out = [run_cli("assign", m, small_csv, "--probs").stdout for m in ("whole.pt", "parts.pt")]
     assert out[0] == out[1]
 
@@ -193,27 +199,9 @@ def test_default_recipe_resume_equals_an_uninterrupted_run(small_csv, monkeypatc
     the checkpoint until the guided epochs end, so the resumed run gives the same bytes."""
     short = dataclasses.replace(recipe.RecipeSchedule(), pretrain_epochs=2, guided_epochs=3, free_epochs=2)
     monkeypatch.setattr(recipe, "RecipeSchedule", lambda: short)
-    args = lambda out: ["train", small_csv, "--k", "3", "-o", out, *TINY[2:]]  # default recipe
-    assert run_cli(*args("whole.pt")).exit_code == 0
-
-    real_save = checkpoint.save
-
-    def save_then_interrupt(path, payload):
-        real_save(path, payload)
-        if payload["training"] and payload["training"]["epoch"] == stop_after:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint, "save", save_then_interrupt)
-    assert run_cli(*args("parts.pt")).exit_code == 130
-    monkeypatch.setattr(checkpoint, "save", real_save)
-    assert run_cli(*args("parts.pt"), "--resume").exit_code == 0
-
-    whole, parts = checkpoint.load("whole.pt"), checkpoint.load("parts.pt")
-    phases = [h["phase"] for h in whole["history"]]
-    assert phases == ["guided"] * 3 + ["elbo"] * 2
-    for name, tensor in whole["state_dict"].items():
-        assert torch.equal(tensor, parts["state_dict"][name]), name
-    assert whole["terms"] == parts["terms"]
+    args = ["train", small_csv, "--k", "3", *TINY[2:]]  # TINY without "--recipe paper"
+    whole, _ = interrupted_then_resumed(monkeypatch, args, lambda state: state["epoch"] == stop_after)
+    assert [h["phase"] for h in whole["history"]] == ["guided"] * 3 + ["elbo"] * 2
 
 
 # -- numerical faults --------------------------------------------------------------------------
