@@ -45,7 +45,9 @@ class RecipeSchedule:
     # single fits often split one digit and merge two (0.81 vs 0.94 on MNIST)
     umap_neighbours: int = 20
     umap_min_rows: int = 500  # below this, GMM on the codes (UMAP graph too thin to help)
-    exact_knn_max_rows: int = 100_000  # UMAP's neighbours by exact search up to here (below)
+    # UMAP's neighbours by exact search up to here (pseudo_responsibilities): 2 s for 30k rows,
+    # 20 s for 100k (about pynndescent's compile time), growing with the square of the rows
+    exact_knn_max_rows: int = 100_000
     prior_weight_scale: float = 0.01  # shrink β's output weights so every w gives ~ the init
     autoencoders: int = 2  # codes of independently initialised autoencoders, concatenated:
     # one autoencoder's codes sometimes merge two digits (MNIST seed 4: 0.82 with UMAP + GMM);
@@ -141,7 +143,8 @@ def exact_neighbours(
     block = max(1, block_elements // len(x))
     for start in range(0, len(x), block):
         rows = slice(start, start + block)
-        d2 = (squared[rows, None] - 2.0 * x[rows] @ x.T + squared[None, :]).clamp_min_(0.0)
+        d2 = torch.addmm(squared[None, :], x[rows], x.T, alpha=-2.0)  # one block allocated
+        d2.add_(squared[rows, None]).clamp_min_(0.0)
         # A row's distance to itself must be exactly 0 (rounding leaves ~1e-3): UMAP takes
         # the first non-zero distance as the nearest neighbour's.
         d2[torch.arange(d2.shape[0]), torch.arange(start, start + d2.shape[0])] = 0.0
