@@ -143,8 +143,7 @@ def exact_neighbours(
     block = max(1, block_elements // len(x))
     for start in range(0, len(x), block):
         rows = slice(start, start + block)
-        d2 = torch.addmm(squared[None, :], x[rows], x.T, alpha=-2.0)  # one block allocated
-        d2.add_(squared[rows, None]).clamp_min_(0.0)
+        d2 = (squared[rows, None] - 2.0 * x[rows] @ x.T + squared[None, :]).clamp_min_(0.0)
         # A row's distance to itself must be exactly 0 (rounding leaves ~1e-3): UMAP takes
         # the first non-zero distance as the nearest neighbour's.
         d2[torch.arange(d2.shape[0]), torch.arange(start, start + d2.shape[0])] = 0.0
