@@ -45,9 +45,9 @@ class RecipeSchedule:
     # single fits often split one digit and merge two (0.81 vs 0.94 on MNIST)
     umap_neighbours: int = 20
     umap_min_rows: int = 500  # below this, GMM on the codes (UMAP graph too thin to help)
-    # UMAP's neighbours by exact search up to here (pseudo_responsibilities): 2 s for 30k rows,
-    # 20 s for 100k (about pynndescent's compile time), growing with the square of the rows
-    exact_knn_max_rows: int = 100_000
+    # UMAP's neighbours by exact search up to here (pseudo_responsibilities): 4 s for 30k rows,
+    # 43 s for 100k (square of the rows); pynndescent's ~20 s compile is cheaper past ~50k
+    exact_knn_max_rows: int = 50_000
     prior_weight_scale: float = 0.01  # shrink β's output weights so every w gives ~ the init
     autoencoders: int = 2  # codes of independently initialised autoencoders, concatenated:
     # one autoencoder's codes sometimes merge two digits (MNIST seed 4: 0.82 with UMAP + GMM);
