@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import select
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +19,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from conftest import FAST_TRAIN, run_cli
-from gmvae_cli import stream
+from gmvae_cli import checkpoint, stream
 from gmvae_cli.api import GMVAE
 from gmvae_cli.data import csv_rows, iter_table
 from gmvae_cli.errors import UserError
@@ -146,25 +147,66 @@ def test_stream_needs_a_file():
     assert "pass a file path" in result.stderr
 
 
-@pytest.mark.timeout(120)
-def test_torchrun_two_cpu_processes_train_one_model(blobs_files, blobs, tmp_path):
-    """Two gloo processes, each on half the rows (batch 64 each: 128 per step in all)."""
+TRAIN_ON_TWO = ["--k", "5", "--recipe", "paper", "--hidden", "32,32", "--epochs", "15",
+                "--batch-size", "64"]  # 64 rows per process: 128 per step in all
+
+
+def torchrun(launch: list[str], data: Path, folder: Path) -> subprocess.Popen:
+    """One torchrun launcher training on `data` into folder/model.pt (one thread per process)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "gmvae_cli",
-        "train", str(blobs_files / "blobs.csv"), "--k", "5", "-o", str(tmp_path / "model.pt"),
-        "--recipe", "paper", "--hidden", "32,32", "--epochs", "15", "--batch-size", "64",
-    ]
-    done = subprocess.run(
-        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=110, check=False
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stderr.count("wrote ") == 1  # rank 0 alone reports and writes
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
-    result = run_cli("assign", tmp_path / "model.pt", blobs_files / "blobs.csv")
+    command = [str(TORCHRUN), *launch, "-m", "gmvae_cli", "train", str(data), "-o",
+               str(folder / "model.pt"), *TRAIN_ON_TWO]
+    return subprocess.Popen(command, cwd=folder, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def finished(proc: subprocess.Popen) -> str:
+    _, stderr = proc.communicate(timeout=110)
+    assert proc.returncode == 0, stderr[-3000:]
+    return stderr
+
+
+@pytest.fixture(scope="module")
+def two_process_model(blobs_files, tmp_path_factory):
+    """Two gloo processes on one machine (torchrun --standalone), each on half the rows."""
+    folder = tmp_path_factory.mktemp("torchrun")
+    launch = ["--standalone", "--nproc-per-node", "2"]
+    stderr = finished(torchrun(launch, blobs_files / "blobs.csv", folder))
+    return folder, stderr
+
+
+@pytest.mark.timeout(120)
+def test_torchrun_two_cpu_processes_train_one_model(two_process_model, blobs_files, blobs):
+    folder, stderr = two_process_model
+    assert stderr.count("wrote ") == 1  # rank 0 alone reports and writes
+    assert sorted(p.name for p in folder.iterdir()) == ["model.pt"]
+    result = run_cli("assign", folder / "model.pt", blobs_files / "blobs.csv")
     assert result.exit_code == 0, result.stderr
     clusters = pd.read_csv(io.StringIO(result.stdout))["cluster"]
     assert adjusted_rand_score(blobs[1], clusters) >= 0.9
+
+
+@pytest.mark.timeout(120)
+def test_two_nodes_by_rendezvous_train_the_same_model(two_process_model, blobs_files, tmp_path):
+    """Two torchrun launchers joined by c10d rendezvous, as on two machines (here both on
+    localhost, one process each): the same seed and world size give the same weights as
+    the one-machine run, whichever node gets rank 0."""
+    with socket.socket() as s:  # a free port for the rendezvous endpoint
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    launch = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+              "--rdzv-id", "test", "--rdzv-endpoint", f"localhost:{port}"]
+    folders = [tmp_path / "node-a", tmp_path / "node-b"]
+    for folder in folders:
+        folder.mkdir()
+    reports = [finished(node) for node in
+               [torchrun(launch, blobs_files / "blobs.csv", folder) for folder in folders]]
+    assert sum(r.count("wrote ") for r in reports) == 1  # rank 0's node alone writes
+    written = [folder / "model.pt" for folder in folders]
+    model = next(p for p in written if p.exists())
+    assert sum(p.exists() for p in written) == 1
+    ours, standalone = checkpoint.load(str(model)), checkpoint.load(str(two_process_model[0] / "model.pt"))
+    for name, tensor in standalone["state_dict"].items():
+        assert torch.equal(tensor, ours["state_dict"][name]), name
 
 
 def test_csv_rows_match_pandas_values_and_quote_only_where_needed():
