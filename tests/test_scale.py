@@ -151,11 +151,11 @@ TRAIN_ON_TWO = ["--k", "5", "--recipe", "paper", "--hidden", "32,32", "--epochs"
                 "--batch-size", "64"]  # 64 rows per process: 128 per step in all
 
 
-def torchrun(launch: list[str], data: Path, folder: Path) -> subprocess.Popen:
+def torchrun(launch: list[str], data: Path, folder: Path, *extra: str) -> subprocess.Popen:
     """One torchrun launcher training on `data` into folder/model.pt (one thread per process)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [str(TORCHRUN), *launch, "-m", "gmvae_cli", "train", str(data), "-o",
-               str(folder / "model.pt"), *TRAIN_ON_TWO]
+               str(folder / "model.pt"), *TRAIN_ON_TWO, *extra]
     return subprocess.Popen(command, cwd=folder, env=env, stderr=subprocess.PIPE, text=True)
 
 
@@ -207,6 +207,23 @@ def test_two_nodes_by_rendezvous_train_the_same_model(two_process_model, blobs_f
     ours, standalone = checkpoint.load(str(model)), checkpoint.load(str(two_process_model[0] / "model.pt"))
     for name, tensor in standalone["state_dict"].items():
         assert torch.equal(tensor, ours["state_dict"][name]), name
+
+
+@pytest.mark.timeout(120)
+def test_torchrun_with_stream_and_uneven_shares(blobs, tmp_path):
+    """--stream under torchrun with 2,051 rows: rank 0 holds 1,026 (16 batches of 64 and one
+    of 2), rank 1 holds 1,025 (16 batches; a last batch of one row is dropped), so rank 0
+    takes one step more per epoch while DDP's join stands in for rank 1."""
+    frame = pd.concat([blobs[0], blobs[0].iloc[:51]], ignore_index=True)
+    labels = np.concatenate([blobs[1], blobs[1][:51]])
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    launch = ["--standalone", "--nproc-per-node", "2"]
+    stderr = finished(torchrun(launch, tmp_path / "rows.csv", tmp_path, "--stream",
+                               "--chunk-rows", "333"))
+    assert stderr.count("wrote ") == 1
+    model = GMVAE.load(str(tmp_path / "model.pt"))
+    assert sum(model.cluster_sizes_) == 2051  # every row counted once, across both ranks
+    assert adjusted_rand_score(labels, model.predict(frame)) >= 0.9
 
 
 def test_csv_rows_match_pandas_values_and_quote_only_where_needed():
