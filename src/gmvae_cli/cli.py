@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Annotated
 
 import typer
@@ -222,4 +224,18 @@ app.command("select-k")(select_k.command)
 
 
 def main() -> None:
-    app()
+    if not distributed.context().active:
+        app()
+        return
+    # A torchrun worker leaves without the interpreter's teardown: once training is over and
+    # the checkpoint written, destructors of gloo's threads and tensors at exit can still
+    # abort a rank now and then ("terminate called without an active exception", SIGABRT),
+    # and torchrun would then report a finished run as failed.
+    try:
+        app()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
