@@ -14,7 +14,7 @@ from rich.table import Table
 from gmvae_cli import __version__, distributed, embed, evaluate, sampling, select_k, stream
 from gmvae_cli.api import GMVAE
 from gmvae_cli.checkpoint import check_target
-from gmvae_cli.data import TableWriter, count_rows, iter_table, read_table
+from gmvae_cli.data import read_table
 from gmvae_cli.errors import UserError
 from gmvae_cli.options import (
     DEBUG,
@@ -33,7 +33,8 @@ from gmvae_cli.options import (
     parse_list,
     parse_sizes,
 )
-from gmvae_cli.progress import Reporter, note, write_rows
+from gmvae_cli.progress import Reporter, note
+from gmvae_cli.rows import write_per_row
 
 app = typer.Typer(
     help="Cluster the rows of a feature table with a Gaussian Mixture VAE.",
@@ -180,17 +181,16 @@ def assign(
 
     Example: gmvae assign model.pt input.csv -o clusters.parquet --probs
     """
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     if mc_samples < 0:
         raise UserError(f"--mc-samples must be 0 or more, got {mc_samples}")
-    model = GMVAE.load(model_path, device=device)
-    with TableWriter(output, inputs=(data, model_path)) as writer:
-        # Only the model's columns (and an id column) are read, where the format allows it.
-        wanted = [*model.preprocessor_.columns, *(c for c in (id_column, model.id_column_) if c)]
-        chunks = iter_table(data, fmt, key, chunk_rows=batch_size, columns=wanted)
-        frames = model.assign_chunks(chunks, probs=probs, id_column=id_column, mc_samples=mc_samples)
-        write_rows(frames, writer.write, "assigning", count_rows(data, fmt, key), quiet)
+    write_per_row(
+        model_path, data, output,
+        lambda model, chunks: model.assign_chunks(
+            chunks, probs=probs, id_column=id_column, mc_samples=mc_samples
+        ),
+        description="assigning", id_column=id_column, batch_size=batch_size, device=device,
+        fmt=fmt, key=key, quiet=quiet,
+    )
 
 
 @app.command()

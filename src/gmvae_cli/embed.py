@@ -7,9 +7,6 @@ from typing import Annotated
 
 import typer
 
-from gmvae_cli.api import GMVAE
-from gmvae_cli.data import TableWriter, count_rows, iter_table
-from gmvae_cli.errors import UserError
 from gmvae_cli.options import (
     BatchSize,
     Device,
@@ -21,7 +18,7 @@ from gmvae_cli.options import (
     Quiet,
     handle_errors,
 )
-from gmvae_cli.progress import write_rows
+from gmvae_cli.rows import write_per_row
 
 
 @handle_errors
@@ -47,12 +44,11 @@ def embed(
 
     Example: gmvae embed model.pt input.csv -o latent.parquet --with-cluster
     """
-    if batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    model = GMVAE.load(model_path, device=device)
-    with TableWriter(output, inputs=(data, model_path)) as writer:
-        chunks = iter_table(data, fmt, key, chunk_rows=batch_size)
-        frames = model.embed_chunks(
+    write_per_row(
+        model_path, data, output,
+        lambda model, chunks: model.embed_chunks(
             chunks, with_w=with_w, with_cluster=with_cluster, id_column=id_column
-        )
-        write_rows(frames, writer.write, "embedding", count_rows(data, fmt, key), quiet)
+        ),
+        description="embedding", id_column=id_column, batch_size=batch_size, device=device,
+        fmt=fmt, key=key, quiet=quiet,
+    )
