@@ -9,6 +9,8 @@ import select
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import h5py
@@ -21,7 +23,7 @@ from sklearn.metrics import adjusted_rand_score
 from conftest import FAST_TRAIN, run_cli
 from gmvae_cli import checkpoint, stream
 from gmvae_cli.api import GMVAE
-from gmvae_cli.data import csv_rows, iter_table
+from gmvae_cli.data import csv_rows, iter_table, read_ahead
 from gmvae_cli.errors import UserError
 from gmvae_cli.preprocess import Preprocessor
 
@@ -276,3 +278,43 @@ def test_assign_streams_standard_input(trained_model, blobs):
     rest = proc.stdout.read()
     assert proc.wait(timeout=60) == 0, proc.stderr.read()
     assert len(rest.splitlines()) == 1999
+
+
+def _reader_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "gmvae-read-ahead"]
+
+
+def test_read_ahead_keeps_order_and_raises_where_the_reader_failed():
+    def chunks():
+        yield from range(5)
+        raise UserError("bad.csv is not a well-formed CSV table")
+
+    got = []
+    with pytest.raises(UserError, match="bad.csv"):
+        got.extend(read_ahead(chunks()))  # keeps what arrived before the error
+    assert got == [0, 1, 2, 3, 4]  # every chunk before the failure, in order
+    assert list(read_ahead(iter(range(1000)), depth=3)) == list(range(1000))
+
+
+def test_read_ahead_stops_and_closes_the_reader_when_the_consumer_stops():
+    closed = threading.Event()
+    produced = []
+
+    def chunks():
+        try:
+            for i in range(10_000):
+                produced.append(i)
+                yield i
+        finally:
+            closed.set()
+
+    stream = read_ahead(chunks(), depth=2)
+    assert next(stream) == 0
+    time.sleep(0.2)  # the reader fills its queue and waits: it reads at most depth ahead
+    assert len(produced) <= 4
+    stream.close()  # what an error downstream or Ctrl-C does to the generator
+    assert closed.wait(5), "the source was not closed"
+    deadline = time.monotonic() + 5
+    while _reader_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _reader_threads()

@@ -10,10 +10,13 @@ from __future__ import annotations
 import csv
 import io
 import os
+import queue
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import h5py
 import numpy as np
@@ -38,6 +41,7 @@ SUFFIXES = {
 }
 STDIO = "-"
 DEFAULT_CHUNK_ROWS = 65_536
+T = TypeVar("T")
 
 
 def detect_format(path: str, fmt: str | None) -> str:
@@ -111,6 +115,54 @@ def count_rows(path: str, fmt: str | None = None, key: str | None = None) -> int
     return None
 
 
+def read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Yield `items` in order while a background thread already produces the next `depth`.
+
+    pyarrow and pandas release the GIL while they parse, so reading the next chunk overlaps
+    the model's work on this one. An error in the thread is raised here, at the chunk where it
+    happened; stopping early (an error downstream, Ctrl-C) stops and closes the reader.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def hand_over(entry: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not hand_over(("item", item)):
+                    return
+            hand_over(("end", None))
+        except BaseException as e:  # noqa: BLE001 (re-raised in the consuming thread)
+            hand_over(("error", e))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=produce, name="gmvae-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        # Bounded: a reader blocked on standard input cannot be woken, and it is a daemon.
+        thread.join(timeout=0.5)
+
+
 def read_table(path: str, fmt: str | None = None, key: str | None = None) -> pd.DataFrame:
     return pd.concat(list(iter_table(path, fmt, key)), ignore_index=True)
 
@@ -163,7 +215,9 @@ def _iter_parquet(
     # Batch by batch, row group by row group: only one batch of the wanted columns in memory.
     wanted = parquet_columns(parquet, columns)
     for batch in parquet.iter_batches(batch_size=chunk_rows, columns=wanted):
-        yield batch.to_pandas()
+        # One block per column: pandas then keeps Arrow's buffers instead of copying every
+        # column into one 2-D block (2 ms of a 65,536-row chunk's 15, for nothing).
+        yield batch.to_pandas(split_blocks=True)
 
 
 def hdf5_datasets(h5: h5py.File) -> list[str]:
