@@ -1,8 +1,10 @@
-"""`make bench`: clustering quality on MNIST (test digits) and USPS, run as a user would.
+"""`make bench`: clustering quality on MNIST (test digits), USPS and three small tables
+(iris, wine, breast cancer, shipped with scikit-learn), run as a user would.
 
 Each GMVAE run is two CLI calls, `gmvae train FILE --k K --seed S` (default options) and
 `gmvae assign`, timed from outside. Labels are read only here, to score the assignments.
-Baselines (k-means, GMM on PCA-50, UMAP + GMM) are scored in the same run on the same cores.
+Baselines (k-means, GMM on PCA-50, UMAP + GMM; on the small tables k-means and a GMM on the
+standardised columns) are scored in the same run on the same cores.
 
     python -m benchmarks.quality            # full run, writes bench-results/ and docs/benchmarks.md
     python -m benchmarks.quality --quick    # smoke run: one short MNIST run and k-means
@@ -41,7 +43,12 @@ FULL_RUNS = [
     ("usps", 10, [0, 1, 2], []),
     ("mnist", 10, [0], ["--recipe", "paper"]),
     ("usps", 10, [0], ["--recipe", "paper"]),
+    # Small tables, shipped with scikit-learn: where users often try a clustering tool first.
+    ("iris", 3, [0, 1, 2, 3], []),
+    ("wine", 3, [0, 1, 2, 3], []),
+    ("breast_cancer", 2, [0, 1, 2, 3], []),
 ]
+SMALL_TABLES = ("iris", "wine", "breast_cancer")
 QUICK_RUNS = [("usps", 10, [0], [])]
 
 
@@ -67,13 +74,24 @@ def datasets() -> dict[str, dict]:
     usps = DATA / "usps.h5"
     with h5py.File(usps, "r") as h5:
         usps_labels = h5["train/target"][()].astype(int)
-    return {
+    sets = {
         "mnist": {"file": str(mnist), "options": [], "labels": mnist_labels},
         "usps": {"file": str(usps), "options": ["--key", "train/data"], "labels": usps_labels},
     }
+    from sklearn import datasets as bundled
+
+    for name in SMALL_TABLES:
+        table = getattr(bundled, f"load_{name}")()
+        path = CACHE / f"{name}.csv"
+        if not path.exists():
+            pd.DataFrame(table.data, columns=table.feature_names).to_csv(path, index=False)
+        sets[name] = {"file": str(path), "options": [], "labels": table.target.astype(int)}
+    return sets
 
 
 def load_matrix(ds: dict) -> np.ndarray:
+    if ds["file"].endswith(".csv"):
+        return pd.read_csv(ds["file"]).to_numpy(np.float32)
     if ds["file"].endswith(".parquet"):
         return pd.read_parquet(ds["file"]).to_numpy(np.float32)
     import h5py
@@ -185,6 +203,29 @@ def baselines(name: str, ds: dict, seed: int = 0) -> list[dict]:
     return found
 
 
+def small_table_baselines(name: str, ds: dict, seed: int = 0) -> list[dict]:
+    """k-means and a full-covariance GMM on the standardised columns, 10 inits each."""
+    from sklearn.cluster import KMeans
+    from sklearn.mixture import GaussianMixture
+    from sklearn.preprocessing import StandardScaler
+
+    x, labels = StandardScaler().fit_transform(load_matrix(ds)), ds["labels"]
+    k = len(np.unique(labels))
+    found = []
+    for method, model in (
+        ("k-means on standardised columns (n_init=10)", KMeans(k, n_init=10, random_state=seed)),
+        ("GMM (full) on standardised columns (n_init=10)",
+         GaussianMixture(k, covariance_type="full", n_init=10, random_state=seed)),
+    ):
+        started = time.perf_counter()
+        clusters = model.fit_predict(x)
+        found.append({"data": name, "method": method, "k": k, "seed": seed,
+                      "seconds": round(time.perf_counter() - started, 1),
+                      **score(labels, clusters, k, k)})
+        print(json.dumps(found[-1]), flush=True)
+    return found
+
+
 # -- report --------------------------------------------------------------------------------
 
 
@@ -259,6 +300,7 @@ def main() -> None:
     found = []
     if not args.quick:
         found = baselines("mnist", sets["mnist"]) + baselines("usps", sets["usps"])
+        found += [b for name in SMALL_TABLES for b in small_table_baselines(name, sets[name])]
     report = {
         "date": date.today().isoformat(),
         "command": "make bench-quick" if args.quick else "make bench",

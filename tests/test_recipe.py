@@ -97,3 +97,29 @@ def test_exact_neighbours_match_brute_force_search_across_blocks():
     np.testing.assert_array_equal(index[:, 0], np.arange(300))  # each row is its own nearest
     assert (distance[:, 0] == 0).all()  # exactly: UMAP reads the first non-zero as a neighbour
     np.testing.assert_allclose(distance, want_distance, atol=1e-4)
+
+
+def test_small_narrow_tables_are_clustered_on_their_inputs():
+    """Below umap_min_rows, a table no wider than the joined codes gets its pseudo-clusters
+    from its own standardised columns; a wider one from the autoencoders' codes."""
+    frame, _ = make_blobs_frame(n_rows=200, n_features=6, k=3, seed=2)
+    data = torch.tensor(((frame - frame.mean()) / frame.std()).to_numpy(), dtype=torch.float32)
+    on_inputs = recipe.pseudo_responsibilities(recipe._standardised(data).numpy(), 3, 0, SMALL)
+    for x_dim, expect_inputs in ((3, True), (2, False)):  # joined codes: 6 or 4 columns wide
+        net = GMVAENet(ModelConfig(input_dim=6, k=3, x_dim=x_dim, w_dim=2, hidden=(16,), prior_hidden=16))
+        resp = recipe.warm_start(net, data, seed=0, batch_size=64, device=torch.device("cpu"), schedule=SMALL)
+        assert np.allclose(resp.numpy(), on_inputs) == expect_inputs
+
+
+def test_default_recipe_on_iris_beats_kmeans(tmp_path):
+    """150 rows × 4 columns: the default recipe finds the three species about as well as a
+    full-covariance GMM (ARI 0.90); clustering autoencoder codes gave 0.61, k-means gives 0.62."""
+    from sklearn.datasets import load_iris  # shipped with scikit-learn: nothing is downloaded
+
+    iris = load_iris()
+    data = tmp_path / "iris.csv"
+    pd.DataFrame(iris.data, columns=iris.feature_names).to_csv(data, index=False)
+    model = tmp_path / "iris.pt"
+    assert run_cli("train", data, "--k", 3, "-o", model, "--quiet").exit_code == 0
+    out = pd.read_csv(io.StringIO(run_cli("assign", model, data).stdout))
+    assert adjusted_rand_score(iris.target, out["cluster"]) >= 0.85

@@ -44,7 +44,8 @@ class RecipeSchedule:
     gmm_inits: int = 10  # k-means-initialised restarts, best likelihood kept (unsupervised);
     # single fits often split one digit and merge two (0.81 vs 0.94 on MNIST)
     umap_neighbours: int = 20
-    umap_min_rows: int = 500  # below this, GMM on the codes (UMAP graph too thin to help)
+    umap_min_rows: int = 500  # below this, no UMAP (its graph is too thin to help), and the
+    # GMM sees the inputs themselves where they are no wider than the codes (see warm_start)
     # UMAP's neighbours by exact search up to here (pseudo_responsibilities): 4 s for 30k rows,
     # 43 s for 100k (square of the rows); pynndescent's ~20 s compile is cheaper past ~50k
     exact_knn_max_rows: int = 50_000
@@ -191,13 +192,22 @@ def warm_start(
     if report:
         report("umap", 0.0)
     # Standardise each view so every autoencoder weighs the same in the neighbourhood graph.
-    joined = torch.cat([(v - v.mean(0)) / v.std(0).clamp_min(1e-8) for v in views], dim=1)
+    joined = torch.cat([_standardised(v) for v in views], dim=1)
+    if len(data) < schedule.umap_min_rows and data.shape[1] <= joined.shape[1]:
+        # A small, narrow table: codes learnt from a few hundred rows add noise and no
+        # reduction, so the GMM clusters the inputs (iris: ARI 0.61 -> 0.91, wine 0.82 -> 0.88,
+        # mean of seeds 0-3).
+        joined = _standardised(data.float())
     resp = pseudo_responsibilities(joined.numpy(), net.cfg.k, seed, schedule)
     resp_t = torch.from_numpy(resp).float()
     init_prior(net, codes, resp_t, schedule)
     if report:
         report("umap", 1.0)
     return resp_t
+
+
+def _standardised(values: torch.Tensor) -> torch.Tensor:
+    return (values - values.mean(0)) / values.std(0).clamp_min(1e-8)
 
 
 def _pretrained_codes(net, data, schedule, batch_size, device, gen, report, index: int):
