@@ -195,8 +195,8 @@ def warm_start(
     joined = torch.cat([_standardised(v) for v in views], dim=1)
     if len(data) < schedule.umap_min_rows and data.shape[1] <= joined.shape[1]:
         # A small, narrow table: codes learnt from a few hundred rows add noise and no
-        # reduction, so the GMM clusters the inputs (iris: ARI 0.61 -> 0.91, wine 0.82 -> 0.88,
-        # mean of seeds 0-3).
+        # reduction, so the GMM clusters the inputs (mean ARI, seeds 0-3: iris 0.61 -> 0.91,
+        # wine 0.82 -> 0.88; docs/benchmarks.md).
         joined = _standardised(data.float())
     resp = pseudo_responsibilities(joined.numpy(), net.cfg.k, seed, schedule)
     resp_t = torch.from_numpy(resp).float()
