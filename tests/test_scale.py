@@ -318,3 +318,51 @@ def test_read_ahead_stops_and_closes_the_reader_when_the_consumer_stops():
     while _reader_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not _reader_threads()
+
+
+def _assign_from_open_stdin(model, text: str, tmp_path, interrupt_after: float | None = None):
+    """Run `gmvae assign MODEL -` with `text` piped in and stdin left open; its exit code
+    (None if it never exits) and its stderr."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "out", "wb") as out, open(tmp_path / "err", "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gmvae_cli", "assign", str(model), "-", "--batch-size", "100"],
+            stdin=subprocess.PIPE, stdout=out, stderr=err, env=env,
+        )
+
+        def feed():
+            try:
+                proc.stdin.write(text.encode())
+                proc.stdin.flush()
+            except BrokenPipeError:  # it stopped reading: the case under test
+                pass
+
+        threading.Thread(target=feed, daemon=True).start()
+        try:
+            if interrupt_after is not None:
+                time.sleep(interrupt_after)
+                proc.send_signal(2)  # SIGINT, as Ctrl-C
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            proc.kill()
+            proc.stdin.close()
+    return code, (tmp_path / "err").read_text()
+
+
+@pytest.mark.timeout(120)
+def test_bad_row_on_open_stdin_ends_with_one_line_error(trained_model, blobs, tmp_path):
+    frame = blobs[0].astype(object)
+    frame.iloc[150, 0] = "oops"  # the second chunk of 100 rows
+    code, err = _assign_from_open_stdin(trained_model, frame.to_csv(index=False), tmp_path)
+    assert code == 2, err
+    assert err.strip().splitlines()[-1].startswith("error: model column")
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_while_waiting_on_stdin_exits_130(trained_model, blobs, tmp_path):
+    code, err = _assign_from_open_stdin(trained_model, blobs[0].to_csv(index=False), tmp_path,
+                                        interrupt_after=5.0)
+    assert code == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted"

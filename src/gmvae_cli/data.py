@@ -172,7 +172,7 @@ def _iter_csv(
 ) -> Iterator[pd.DataFrame]:
     # Standard input is parsed as it arrives, a chunk at a time, like a file: `cat big.csv |
     # gmvae assign model.pt -` holds one chunk, not the whole stream.
-    source = getattr(sys.stdin, "buffer", sys.stdin) if path == STDIO else path
+    source = _InterruptAware(getattr(sys.stdin, "buffer", sys.stdin)) if path == STDIO else path
     name = "standard input" if path == STDIO else path
     sep = "\t" if str(path).lower().endswith(".tsv") else ","
     usecols = None if columns is None else (lambda name: name in columns)
@@ -184,10 +184,31 @@ def _iter_csv(
             raise UserError("standard input is empty; pipe a CSV table with a header row")
         raise UserError(f"{name} is empty; it needs a header row and at least one data row")
     except pd.errors.ParserError as e:
+        if getattr(source, "interrupted", False):
+            raise KeyboardInterrupt from None  # Ctrl-C while waiting on the pipe, not bad data
         detail = str(e).strip().splitlines()[-1]
         raise UserError(f"{name} is not a well-formed CSV table ({detail}); fix the rows named")
     except UnicodeDecodeError:
         raise UserError(f"{name} is not a text CSV file; pass --format if it is Parquet or HDF5")
+
+
+class _InterruptAware:
+    """Standard input for pandas, remembering a Ctrl-C that arrived while it waited: pandas'
+    C parser can turn that KeyboardInterrupt into a ParserError ("read(nbytes) failed")."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.interrupted = False
+
+    def read(self, size: int = -1):
+        try:
+            return self.stream.read(size)
+        except KeyboardInterrupt:
+            self.interrupted = True
+            raise
+
+    def __iter__(self):
+        return iter(self.stream)
 
 
 def open_parquet(path: str) -> pq.ParquetFile:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 import pandas as pd
 
 from gmvae_cli.api import GMVAE
-from gmvae_cli.data import TableWriter, count_rows, iter_table, read_ahead
+from gmvae_cli.data import STDIO, TableWriter, count_rows, iter_table, read_ahead
 from gmvae_cli.errors import UserError
 from gmvae_cli.progress import write_rows
 
@@ -33,6 +33,10 @@ def write_per_row(
     with TableWriter(output, inputs=(data, model_path)) as writer:
         # Only the model's columns (and an id column) are read, where the format allows it.
         wanted = [*model.preprocessor_.columns, *(c for c in (id_column, model.id_column_) if c)]
-        chunks = read_ahead(iter_table(data, fmt, key, chunk_rows=batch_size, columns=wanted))
+        chunks = iter_table(data, fmt, key, chunk_rows=batch_size, columns=wanted)
+        if data != STDIO:
+            # Not for a pipe: a reader thread blocked on it cannot be stopped, and after an
+            # error or Ctrl-C the interpreter aborts at exit, waiting for stdin's lock.
+            chunks = read_ahead(chunks)
         frames = per_chunk(model, chunks)
         write_rows(frames, writer.write, description, count_rows(data, fmt, key), quiet)
