@@ -159,7 +159,7 @@ def read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
             yield value
     finally:
         stop.set()
-        # Bounded: a reader blocked on standard input cannot be woken, and it is a daemon.
+        # Bounded: a reader blocked inside a read cannot be woken; it is a daemon thread.
         thread.join(timeout=0.5)
 
 

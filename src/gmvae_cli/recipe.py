@@ -45,7 +45,7 @@ class RecipeSchedule:
     # single fits often split one digit and merge two (0.81 vs 0.94 on MNIST)
     umap_neighbours: int = 20
     umap_min_rows: int = 500  # below this, no UMAP (its graph is too thin to help), and the
-    # GMM sees the inputs themselves where they are no wider than the codes (see warm_start)
+    # GMM sees the columns themselves where they are no wider than the codes (warm_start)
     # UMAP's neighbours by exact search up to here (pseudo_responsibilities): 4 s for 30k rows,
     # 43 s for 100k (square of the rows); pynndescent's ~20 s compile is cheaper past ~50k
     exact_knn_max_rows: int = 50_000
@@ -180,24 +180,27 @@ def warm_start(
     """Pretrain `net` in place, initialise its prior network, return (N, K) pseudo-responsibilities.
 
     The pseudo-responsibilities come from UMAP + GMM on the codes of `net` and of
-    `schedule.autoencoders - 1` more autoencoders of the same shape, trained only for this.
+    `schedule.autoencoders - 1` more autoencoders of the same shape, trained only for this;
+    for a small table no wider than those codes, from a GMM on its own standardised columns.
     """
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    codes = _pretrained_codes(net, data, schedule, batch_size, device, gen, report, 0)
-    views = [codes]
-    for extra in range(1, schedule.autoencoders):
+    # Codes learnt from a few hundred rows add noise, and no reduction to a narrow table: the
+    # GMM clusters its columns instead (mean ARI, seeds 0-3: iris 0.61 -> 0.91, wine 0.82 ->
+    # 0.88; docs/benchmarks.md), and only the GMVAE's own autoencoder is pretrained.
+    on_inputs = (len(data) < schedule.umap_min_rows
+                 and data.shape[1] <= schedule.autoencoders * net.cfg.x_dim)
+    autoencoders = 1 if on_inputs else schedule.autoencoders
+    codes = _pretrained_codes(net, data, schedule, batch_size, device, gen, report, 0, autoencoders)
+    views = [data.float() if on_inputs else codes]
+    for extra in range(1, autoencoders):
         helper = GMVAENet(net.cfg).to(device)  # same shape, its own initialisation
-        views.append(_pretrained_codes(helper, data, schedule, batch_size, device, gen, report, extra))
+        views.append(_pretrained_codes(helper, data, schedule, batch_size, device, gen, report,
+                                       extra, autoencoders))
     if report:
         report("umap", 0.0)
     # Standardise each view so every autoencoder weighs the same in the neighbourhood graph.
     joined = torch.cat([_standardised(v) for v in views], dim=1)
-    if len(data) < schedule.umap_min_rows and data.shape[1] <= joined.shape[1]:
-        # A small, narrow table: codes learnt from a few hundred rows add noise and no
-        # reduction, so the GMM clusters the inputs (mean ARI, seeds 0-3: iris 0.61 -> 0.91,
-        # wine 0.82 -> 0.88; docs/benchmarks.md).
-        joined = _standardised(data.float())
     resp = pseudo_responsibilities(joined.numpy(), net.cfg.k, seed, schedule)
     resp_t = torch.from_numpy(resp).float()
     init_prior(net, codes, resp_t, schedule)
@@ -210,8 +213,8 @@ def _standardised(values: torch.Tensor) -> torch.Tensor:
     return (values - values.mean(0)) / values.std(0).clamp_min(1e-8)
 
 
-def _pretrained_codes(net, data, schedule, batch_size, device, gen, report, index: int):
-    stage = "pretrain" if schedule.autoencoders == 1 else f"pretrain {index + 1}/{schedule.autoencoders}"
+def _pretrained_codes(net, data, schedule, batch_size, device, gen, report, index: int, count: int):
+    stage = "pretrain" if count == 1 else f"pretrain {index + 1}/{count}"
     pretrain_autoencoder(net, data, schedule, batch_size, device, gen,
                          (lambda _, f: report(stage, f)) if report else None)
     return encode_means(net, data, device)
