@@ -186,7 +186,7 @@ def warm_start(
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     # Codes learnt from a few hundred rows add noise, and no reduction to a narrow table: the
-    # GMM clusters its columns instead (mean ARI, seeds 0-3: iris 0.61 -> 0.91, wine 0.82 ->
+    # GMM clusters its columns instead (mean ARI, seeds 0-3: iris 0.61 -> 0.92, wine 0.82 ->
     # 0.88; docs/benchmarks.md), and only the GMVAE's own autoencoder is pretrained.
     on_inputs = (len(data) < schedule.umap_min_rows
                  and data.shape[1] <= schedule.autoencoders * net.cfg.x_dim)
