@@ -60,7 +60,7 @@ def prepare(path: Path, missing: str) -> np.ndarray:
     """What `gmvae train` does before the network sees the data."""
     frame = read_table(str(path))
     columns = choose_columns(frame, None)
-    pre = Preprocessor.fit(frame, columns, missing, "auto")
+    pre, _ = Preprocessor.fit([frame], columns, missing, "auto")
     matrix, keep = pre.transform(frame)
     assert matrix.shape == (int(keep.sum()), len(columns))
     return matrix

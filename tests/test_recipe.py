@@ -1,4 +1,4 @@
-"""The default recipe's options on small synthetic data: warm start, guided loss, schedule."""
+"""The recipes on small synthetic data: warm start, guided loss, schedule, epochs and rates."""
 
 import dataclasses
 import io
@@ -10,11 +10,11 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from conftest import make_blobs_frame, run_cli
-from gmvae_cli import recipe
-from gmvae_cli.model import GMVAENet, ModelConfig
-from gmvae_cli.train import Trainer, TrainSettings
+from gmvae_cli import recipe, settings, warm_start
+from gmvae_cli.model import GMVAENet, ModelConfig, log_cluster_posterior
+from gmvae_cli.recipe import DefaultRecipe, PaperRecipe, Phase
 
-SMALL = dataclasses.replace(recipe.DEFAULT_SCHEDULE, pretrain_epochs=3, guided_epochs=3, free_epochs=2)
+SMALL = dataclasses.replace(warm_start.DEFAULT_SETTINGS, pretrain_epochs=3)
 
 
 def test_default_recipe_clusters_blobs_end_to_end(tmp_path):
@@ -28,8 +28,7 @@ def test_default_recipe_clusters_blobs_end_to_end(tmp_path):
     out = pd.read_csv(io.StringIO(run_cli("assign", model, data).stdout))
     assert adjusted_rand_score(labels, out["cluster"]) >= 0.9
     phases = [h["phase"] for h in torch.load(model, weights_only=True)["history"]]
-    expected = ["guided"] * recipe.DEFAULT_SCHEDULE.guided_epochs + ["elbo"] * recipe.DEFAULT_SCHEDULE.free_epochs
-    assert phases == expected
+    assert phases == ["guided"] * DefaultRecipe.GUIDED_EPOCHS + ["elbo"] * DefaultRecipe.FREE_EPOCHS
 
 
 def test_warm_start_initialises_the_prior_from_the_pseudo_clusters():
@@ -37,61 +36,91 @@ def test_warm_start_initialises_the_prior_from_the_pseudo_clusters():
     data = torch.tensor(((frame - frame.mean()) / frame.std()).to_numpy(), dtype=torch.float32)
     torch.manual_seed(0)
     net = GMVAENet(ModelConfig(input_dim=6, k=3, x_dim=2, w_dim=2, hidden=(16,), prior_hidden=16))
-    resp = recipe.warm_start(net, data, seed=0, batch_size=64, device=torch.device("cpu"), schedule=SMALL)
+    resp = warm_start.warm_start(net, data, seed=0, batch_size=64, device=torch.device("cpu"), settings=SMALL)
     assert resp.shape == (300, 3)
     np.testing.assert_allclose(resp.sum(1).numpy(), 1.0, rtol=1e-5)
     # The prior's mean biases are the responsibility-weighted code means of each cluster.
-    codes = recipe.encode_means(net, data, torch.device("cpu"))
+    codes = warm_start.encode_means(net, data, torch.device("cpu"))
     expected = (resp.T @ codes) / resp.sum(0)[:, None]
     np.testing.assert_allclose(net.prior.means.bias.detach().view(3, 2).numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
     # Shrunk output weights: every w gives nearly the same components.
     assert net.prior.means.weight.abs().max() < 0.01
 
 
+def guided_recipe(targets: torch.Tensor) -> DefaultRecipe:
+    chosen = DefaultRecipe()
+    chosen.targets = targets
+    return chosen
+
+
+GUIDED = Phase("guided", 1, 1e-3)
+
+
 def test_guided_loss_adds_cross_entropy_only_for_confident_rows():
     torch.manual_seed(0)
     net = GMVAENet(ModelConfig(input_dim=4, k=2, x_dim=2, w_dim=2, hidden=(8,), prior_hidden=8)).eval()
-    y = torch.randn(6, 4)
+    y, rows = torch.randn(6, 4), torch.arange(6)
     unsure = torch.full((6, 2), 0.5)  # below the confidence cutoff: no cross-entropy
     torch.manual_seed(1)
-    loss, terms = recipe.guided_loss(net, y, unsure, recipe.DEFAULT_SCHEDULE)
+    loss, terms = guided_recipe(unsure).loss(net, y, rows, GUIDED)
     assert float(loss) == pytest.approx(float(-terms.elbo))
-    sure = torch.tensor([[1.0, 0.0]] * 6)
+    # Rows 0-3 sure of cluster 0, rows 4-5 unsure: the cross-entropy averages the sure rows.
+    mixed = torch.tensor([[1.0, 0.0]] * 4 + [[0.5, 0.5]] * 2)
     torch.manual_seed(1)
-    loss, terms = recipe.guided_loss(net, y, sure, recipe.DEFAULT_SCHEDULE)
+    loss, terms = guided_recipe(mixed).loss(net, y, rows, GUIDED)
     x_mu, _, w_mu, _ = net.encoder(y)
     means, logvars = net.prior(w_mu)
-    from gmvae_cli.model import log_cluster_posterior
-
-    ce = -log_cluster_posterior(x_mu, means, logvars)[:, 0].mean()
-    weight = recipe.DEFAULT_SCHEDULE.pseudo_label_weight
+    ce = -log_cluster_posterior(x_mu, means, logvars)[:4, 0].mean()
+    weight = DefaultRecipe.PSEUDO_LABEL_WEIGHT
     assert float(loss) == pytest.approx(float(-terms.elbo + weight * ce), rel=1e-5)
 
 
-def test_plain_elbo_epochs_use_the_lower_learning_rate():
-    data = torch.zeros(10, 3)
-    cfg = ModelConfig(input_dim=3, k=2)
-    trainer = Trainer(data, cfg, TrainSettings(recipe="default"), torch.device("cpu"))
-    assert trainer.learning_rate("guided") == recipe.DEFAULT_SCHEDULE.lr
-    assert trainer.learning_rate("elbo") == recipe.DEFAULT_SCHEDULE.free_lr
-    fixed = Trainer(data, cfg, TrainSettings(recipe="default", lr=0.01), torch.device("cpu"))
-    assert fixed.learning_rate("elbo") == 0.01  # --lr wins over the schedule
-    paper = Trainer(data, cfg, TrainSettings(recipe="paper", epochs=7), torch.device("cpu"))
-    assert paper.epochs() == (0, 7)  # the spec's objective alone, no warm start
+def test_guided_loss_reads_the_targets_of_the_batch_rows():
+    """Targets are looked up by row number: a shuffled batch gets its own rows' targets."""
+    torch.manual_seed(0)
+    net = GMVAENet(ModelConfig(input_dim=4, k=2, x_dim=2, w_dim=2, hidden=(8,), prior_hidden=8)).eval()
+    y = torch.randn(3, 4)
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+    torch.manual_seed(1)
+    loss, terms = guided_recipe(targets).loss(net, y, torch.tensor([4, 1, 3]), GUIDED)
+    x_mu, _, w_mu, _ = net.encoder(y)
+    log_pz = log_cluster_posterior(x_mu, *net.prior(w_mu))
+    ce = -(log_pz[0, 0] + log_pz[1, 1] + log_pz[2, 1]) / 3
+    assert float(loss) == pytest.approx(float(-terms.elbo + DefaultRecipe.PSEUDO_LABEL_WEIGHT * ce), rel=1e-5)
 
 
-def test_epochs_option_splits_guided_then_plain():
-    trainer = Trainer(torch.zeros(4, 2), ModelConfig(input_dim=2, k=2),
-                      TrainSettings(recipe="default", epochs=25), torch.device("cpu"))
-    guided = recipe.DEFAULT_SCHEDULE.guided_epochs
-    assert trainer.epochs() == (guided, 25 - guided)
+def test_default_phases_and_rates():
+    default = DefaultRecipe()
+    assert default.phases() == [Phase("guided", 20, 1e-3), Phase("elbo", 10, 1e-4)]
+    assert default.warm.pretrain_epochs == 20 and default.warm.pretrain_lr == 1e-3
+    # --lr sets the base rate; the plain-ELBO phase keeps its tenth of it.
+    assert DefaultRecipe(lr=0.01).phases() == [Phase("guided", 20, 0.01), Phase("elbo", 10, 0.001)]
+    assert DefaultRecipe(lr=0.01).warm.pretrain_lr == 0.01
+    assert PaperRecipe(epochs=7).phases() == [Phase("elbo", 7, 1e-3)]  # no warm start
+
+
+@pytest.mark.parametrize(
+    ("epochs", "guided", "free", "pretrain"),
+    [(30, 20, 10, 20), (15, 10, 5, 10), (3, 2, 1, 2), (2, 1, 1, 1), (1, 1, 0, 1), (60, 40, 20, 40)],
+)
+def test_epochs_option_scales_every_phase(epochs, guided, free, pretrain):
+    """--epochs keeps the default recipe's proportions: short runs still end with plain-ELBO
+    epochs (before, --epochs 20 or less ran none) and pretraining shortens with them."""
+    chosen = DefaultRecipe(epochs=epochs)
+    assert [(p.name, p.epochs) for p in chosen.phases()] == \
+        [("guided", guided)] + ([("elbo", free)] if free else [])
+    assert chosen.warm.pretrain_epochs == pretrain
+
+
+def test_recipe_names_are_declared_once():
+    assert tuple(recipe.RECIPES) == settings.RECIPES
 
 
 def test_exact_neighbours_match_brute_force_search_across_blocks():
     from sklearn.neighbors import NearestNeighbors
 
     codes = np.random.default_rng(5).standard_normal((300, 7)).astype(np.float32)
-    index, distance = recipe.exact_neighbours(codes, 6, block_elements=300 * 64)  # 5 blocks
+    index, distance = warm_start.exact_neighbours(codes, 6, block_elements=300 * 64)  # 5 blocks
     want_distance, want_index = NearestNeighbors(n_neighbors=6, algorithm="brute").fit(codes).kneighbors(codes)
     np.testing.assert_array_equal(index, want_index)
     np.testing.assert_array_equal(index[:, 0], np.arange(300))  # each row is its own nearest
@@ -104,10 +133,10 @@ def test_small_narrow_tables_are_clustered_on_their_inputs():
     from its own standardised columns; a wider one from the autoencoders' codes."""
     frame, _ = make_blobs_frame(n_rows=200, n_features=6, k=3, seed=2)
     data = torch.tensor(((frame - frame.mean()) / frame.std()).to_numpy(), dtype=torch.float32)
-    on_inputs = recipe.pseudo_responsibilities(recipe._standardised(data).numpy(), 3, 0, SMALL)
+    on_inputs = warm_start.pseudo_responsibilities(warm_start._standardised(data).numpy(), 3, 0, SMALL)
     for x_dim, expect_inputs in ((3, True), (2, False)):  # joined codes: 6 or 4 columns wide
         net = GMVAENet(ModelConfig(input_dim=6, k=3, x_dim=x_dim, w_dim=2, hidden=(16,), prior_hidden=16))
-        resp = recipe.warm_start(net, data, seed=0, batch_size=64, device=torch.device("cpu"), schedule=SMALL)
+        resp = warm_start.warm_start(net, data, seed=0, batch_size=64, device=torch.device("cpu"), settings=SMALL)
         assert np.allclose(resp.numpy(), on_inputs) == expect_inputs
 
 

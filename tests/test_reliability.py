@@ -3,7 +3,6 @@ determinism. See docs/reliability.md."""
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
 import pickle
@@ -19,7 +18,7 @@ import pytest
 import torch
 
 from conftest import make_blobs_frame, run_cli
-from gmvae_cli import checkpoint, recipe
+from gmvae_cli import checkpoint
 from gmvae_cli.model import GMVAENet
 from gmvae_cli.train import DIVERGED
 
@@ -197,9 +196,8 @@ def test_resumed_run_equals_an_uninterrupted_one(small_csv, monkeypatch):
 def test_default_recipe_resume_equals_an_uninterrupted_run(small_csv, monkeypatch, stop_after):
     """The warm start is not redone on resume: its pseudo-cluster responsibilities travel in
     the checkpoint until the guided epochs end, so the resumed run gives the same bytes."""
-    short = dataclasses.replace(recipe.RecipeSchedule(), pretrain_epochs=2, guided_epochs=3, free_epochs=2)
-    monkeypatch.setattr(recipe, "RecipeSchedule", lambda: short)
-    args = ["train", small_csv, "--k", "3", *TINY[2:]]  # TINY without "--recipe paper"
+    # TINY without "--recipe paper"; 5 epochs: 3 guided, 2 plain ELBO, 3 of pretraining.
+    args = ["train", small_csv, "--k", "3", "--epochs", "5", *TINY[2:]]
     whole, _ = interrupted_then_resumed(monkeypatch, args, lambda state: state["epoch"] == stop_after)
     assert [h["phase"] for h in whole["history"]] == ["guided"] * 3 + ["elbo"] * 2
 

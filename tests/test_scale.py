@@ -58,22 +58,28 @@ def test_streamed_statistics_equal_the_whole_table_ones(missing):
         frame.iloc[rng.integers(0, 500, 40), 1] = np.nan
         frame.iloc[rng.integers(0, 500, 10), 3] = np.inf
     columns = list(frame.columns)
-    whole = Preprocessor.fit(frame, columns, missing, "auto")
     chunks = (frame.iloc[s : s + 37] for s in range(0, len(frame), 37))
-    streamed, kept = stream.fit_preprocessor(chunks, columns, missing, "auto")
-    assert streamed.likelihood == whole.likelihood == "gaussian"
-    for field in ("fill", "center", "scale"):
-        np.testing.assert_allclose(getattr(streamed, field), getattr(whole, field), rtol=1e-12)
-    assert kept == len(whole.transform(frame)[0])
+    streamed, kept = Preprocessor.fit(chunks, columns, missing, "auto")
+    assert streamed.likelihood == "gaussian"
+    # The reference: numpy on the whole table, as the rule says.
+    values = frame.to_numpy().copy()
+    values[~np.isfinite(values)] = np.nan
+    fill = np.nanmean(values, axis=0)
+    used = values[~np.isnan(values).any(axis=1)] if missing == "drop" else \
+        np.where(np.isnan(values), fill, values)
+    np.testing.assert_allclose(streamed.fill, fill, rtol=1e-12)
+    np.testing.assert_allclose(streamed.center, used.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(streamed.scale, used.std(axis=0), rtol=1e-12)
+    assert kept == len(used) == len(streamed.transform(frame)[0])
 
 
 def test_streamed_statistics_choose_bernoulli_and_report_gaps():
     frame = pd.DataFrame({"a": [0.0, 1.0, 0.5], "b": [1.0, 0.0, 0.25]})
-    pre, _ = stream.fit_preprocessor(iter([frame[:2], frame[2:]]), ["a", "b"], "error", "auto")
+    pre, _ = Preprocessor.fit(iter([frame[:2], frame[2:]]), ["a", "b"], "error", "auto")
     assert pre.likelihood == "bernoulli"
     frame.loc[1, "b"] = np.nan
     with pytest.raises(UserError, match=r"'b' \(1\).*--missing drop"):
-        stream.fit_preprocessor(iter([frame[:2], frame[2:]]), ["a", "b"], "error", "auto")
+        Preprocessor.fit(iter([frame[:2], frame[2:]]), ["a", "b"], "error", "auto")
 
 
 @pytest.mark.parametrize("name", ["blobs.csv", "blobs.parquet", "blobs.h5"])
@@ -84,17 +90,20 @@ def test_chunk_stream_gives_every_row_once_per_epoch(blobs_files, blobs, name, m
     source = stream.ChunkStream(str(blobs_files / name), pre, chunk_rows=256)
     assert source.rows == len(frame)
     generator = torch.Generator().manual_seed(0)
-    epochs = [torch.cat(list(source.batches(50, generator))).numpy() for _ in range(2)]
-    expected = np.sort(frame.to_numpy(np.float32), axis=0)
-    for rows in epochs:
-        np.testing.assert_array_equal(np.sort(rows, axis=0), expected)
-    assert not np.array_equal(epochs[0], epochs[1])  # a new order each epoch
+    epochs = [list(source.batches(50, generator)) for _ in range(2)]
+    values = frame.to_numpy(np.float32)
+    for batches in epochs:
+        rows = torch.cat([y for y, _ in batches]).numpy()
+        numbers = torch.cat([n for _, n in batches]).numpy()
+        np.testing.assert_array_equal(np.sort(numbers), np.arange(len(frame)))  # each row once
+        np.testing.assert_array_equal(rows, values[numbers])  # and its row number with it
+    assert not np.array_equal(epochs[0][0][1], epochs[1][0][1])  # a new order each epoch
     # Under torchrun each rank keeps rows i % world == rank: together, every row once.
     shards = []
     for rank in (0, 1):
         monkeypatch.setenv("WORLD_SIZE", "2")
         monkeypatch.setenv("RANK", str(rank))
-        shards.append(torch.cat(list(source.eval_batches(100))).numpy())
+        shards.append(torch.cat([y for y, _ in source.in_order(100)]).numpy())
     np.testing.assert_array_equal(shards[0], frame.to_numpy(np.float32)[0::2])
     np.testing.assert_array_equal(shards[1], frame.to_numpy(np.float32)[1::2])
 
@@ -105,7 +114,7 @@ def test_csv_units_without_a_final_line_end(tmp_path):
     pre = Preprocessor(["a", "b"], "error", [0.0, 0.0], [0.0, 0.0], [1.0, 1.0], "gaussian")
     source = stream.ChunkStream(str(path), pre, chunk_rows=2)
     assert [u.rows for u in source.units] == [2, 2, 1]
-    rows = torch.cat(list(source.eval_batches(10))).numpy()
+    rows = torch.cat([y for y, _ in source.in_order(10)]).numpy()
     np.testing.assert_array_equal(rows[:, 0], [1, 3, 5, 7, 9])
 
 
@@ -320,15 +329,17 @@ def test_read_ahead_stops_and_closes_the_reader_when_the_consumer_stops():
     assert not _reader_threads()
 
 
-def _assign_from_open_stdin(model, text: str, tmp_path, interrupt_after: float | None = None):
+def _assign_from_open_stdin(model, text: str, tmp_path, interrupt: bool = False):
     """Run `gmvae assign MODEL -` with `text` piped in and stdin left open; its exit code
-    (None if it never exits) and its stderr."""
+    (None if it never exits) and its stderr. With `interrupt`, Ctrl-C (SIGINT) is sent once
+    its first output rows arrive: it is then inside the command, reading standard input."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    with open(tmp_path / "out", "wb") as out, open(tmp_path / "err", "wb") as err:
+    with open(tmp_path / "err", "wb") as err:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gmvae_cli", "assign", str(model), "-", "--batch-size", "100"],
-            stdin=subprocess.PIPE, stdout=out, stderr=err, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, env=env,
         )
+        answered = threading.Event()
 
         def feed():
             try:
@@ -337,10 +348,15 @@ def _assign_from_open_stdin(model, text: str, tmp_path, interrupt_after: float |
             except BrokenPipeError:  # it stopped reading: the case under test
                 pass
 
-        threading.Thread(target=feed, daemon=True).start()
+        def drain():  # read its output as it comes, so it never blocks on a full pipe
+            while proc.stdout.read(1024):
+                answered.set()
+
+        for work in (feed, drain):
+            threading.Thread(target=work, daemon=True).start()
         try:
-            if interrupt_after is not None:
-                time.sleep(interrupt_after)
+            if interrupt:
+                assert answered.wait(60), "no output while standard input was open"
                 proc.send_signal(2)  # SIGINT, as Ctrl-C
             code = proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -363,6 +379,6 @@ def test_bad_row_on_open_stdin_ends_with_one_line_error(trained_model, blobs, tm
 @pytest.mark.timeout(120)
 def test_ctrl_c_while_waiting_on_stdin_exits_130(trained_model, blobs, tmp_path):
     code, err = _assign_from_open_stdin(trained_model, blobs[0].to_csv(index=False), tmp_path,
-                                        interrupt_after=5.0)
+                                        interrupt=True)
     assert code == 130, err
     assert err.strip().splitlines()[-1] == "interrupted"

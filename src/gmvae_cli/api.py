@@ -1,6 +1,6 @@
 """The library API: a `GMVAE` estimator in the spirit of scikit-learn's GaussianMixture.
 
-    model = GMVAE(k=10).fit(frame)          # train
+    model = GMVAE(k=10).fit(frame)          # train (a DataFrame, an array or a file path)
     model.predict(frame)                    # hard clusters
     model.predict_proba(frame)              # p(z | y)
     model.score(frame)                      # mean ELBO and its four terms
@@ -11,42 +11,28 @@ The CLI is a thin layer over this class.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 import torch
 
-from gmvae_cli import checkpoint, distributed, stream
-from gmvae_cli.data import DEFAULT_CHUNK_ROWS
+from gmvae_cli import checkpoint, devices, distributed, recipe
+from gmvae_cli.batching import EVAL_BATCH
+from gmvae_cli.data import DEFAULT_CHUNK_ROWS, iter_table, read_table
 from gmvae_cli.errors import UserError
 from gmvae_cli.model import GMVAENet, ModelConfig
-from gmvae_cli.preprocess import Preprocessor, choose_columns
+from gmvae_cli.preprocess import Preprocessor, choose_columns, named_columns
 from gmvae_cli.progress import Reporter
-from gmvae_cli.train import EVAL_BATCH, Trainer, TrainSettings, evaluate_terms, resolve_device
+from gmvae_cli.settings import TrainSettings, check
+from gmvae_cli.sources import InMemoryRows
+from gmvae_cli.stream import ChunkStream, check_streamable
+from gmvae_cli.train import Trainer, evaluate_terms
 
 # A cluster holding less than this share of the rows counts as empty (collapse warnings).
 EFFECTIVE_SHARE = 0.01
-
-
-def validate(config: ModelConfig, settings: TrainSettings) -> None:
-    """Every option range, in one place, with the option's CLI name in the message."""
-    checks = [
-        (config.k >= 1, f"--k must be at least 1, got {config.k}"),
-        (config.x_dim >= 1, f"--x-dim must be at least 1, got {config.x_dim}"),
-        (config.w_dim >= 1, f"--w-dim must be at least 1, got {config.w_dim}"),
-        (all(h >= 1 for h in config.hidden), f"--hidden sizes must be positive, got {config.hidden}"),
-        (config.mc_samples >= 1, f"--mc-samples must be at least 1, got {config.mc_samples}"),
-        (config.lambda_z >= 0, f"--lambda must be 0 or more, got {config.lambda_z}"),
-        (settings.batch_size >= 2, f"--batch-size must be at least 2, got {settings.batch_size}"),
-        (settings.epochs is None or settings.epochs >= 1, f"--epochs must be at least 1, got {settings.epochs}"),
-        (settings.lr is None or settings.lr > 0, f"--lr must be positive, got {settings.lr}"),
-        (settings.restarts >= 1, f"--restarts must be at least 1, got {settings.restarts}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise UserError(message)
 
 
 class GMVAE:
@@ -69,68 +55,35 @@ class GMVAE:
         device: str = "auto",
         missing: str = "error",
     ):
+        check(k=k, x_dim=x_dim, w_dim=w_dim, hidden=tuple(hidden), mc_samples=mc_samples,
+              lambda_z=lambda_z, likelihood=likelihood, recipe=recipe, epochs=epochs,
+              batch_size=batch_size, lr=lr, restarts=restarts, device=device, missing=missing)
         # input_dim and the likelihood are filled in by fit, from the data.
         self.config = ModelConfig(
             input_dim=1, k=k, x_dim=x_dim, w_dim=w_dim, hidden=tuple(hidden),
             mc_samples=mc_samples, lambda_z=lambda_z, likelihood="gaussian",
         )
         self.likelihood = likelihood
-        self.settings = TrainSettings(
-            recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-            restarts=restarts,
-        )
+        self.settings = TrainSettings(recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
+                                      seed=seed, restarts=restarts)
         self.device = device
         self.missing = missing
-        validate(self.config, self.settings)
         self.net_: GMVAENet | None = None
         self.preprocessor_: Preprocessor | None = None
         self.history_: list[dict] = []
         self.terms_: dict[str, float] = {}
         self.cluster_sizes_: list[int] = []
         self.id_column_: str | None = None
+        self.recipe_summary_: dict = {}
+        self.timings_: dict[str, float] = {}
 
     # -- training ------------------------------------------------------------------------
 
     def fit(
         self,
-        table: pd.DataFrame | np.ndarray,
+        data: pd.DataFrame | np.ndarray | str,
         *,
-        columns: Sequence[str] | None = None,
-        exclude: Sequence[str] = (),
-        id_column: str | None = None,
-        checkpoint_path: str | None = None,
-        resume: bool = False,
-        reporter: Reporter | None = None,
-        note: Callable[[str], None] = lambda s: None,
-    ) -> GMVAE:
-        frame = as_frame(table)
-        device = distributed.setup(resolve_device(self.device))  # one device per torchrun rank
-        resume_state = None
-        if resume:
-            resume_state = self._restore_for_resume(checkpoint_path)
-        else:
-            chosen = choose_columns(frame, columns, exclude, id_column, note)
-            self.id_column_ = id_column
-            self.preprocessor_ = Preprocessor.fit(frame, chosen, self.missing, self.likelihood)
-            self.config = replace(
-                self.config, input_dim=len(chosen), likelihood=self.preprocessor_.likelihood
-            )
-        matrix, _ = self.preprocessor_.transform(frame)
-        if len(matrix) < self.config.k:
-            raise UserError(
-                f"expected at least K rows but got {len(matrix)} rows for --k {self.config.k}; "
-                "use a smaller --k or more data"
-            )
-        if len(matrix) < 2:  # batch norm cannot train on a single row
-            raise UserError(f"training needs at least 2 rows but got {len(matrix)}; add more rows")
-        data = torch.from_numpy(distributed.shard(matrix))  # under torchrun: this rank's rows
-
-        return self._train(data, device, checkpoint_path, resume_state, reporter, note)
-
-    def fit_stream(
-        self,
-        path: str,
-        *,
+        stream: bool = False,
         fmt: str | None = None,
         key: str | None = None,
         chunk_rows: int = DEFAULT_CHUNK_ROWS,
@@ -142,34 +95,43 @@ class GMVAE:
         reporter: Reporter | None = None,
         note: Callable[[str], None] = lambda s: None,
     ) -> GMVAE:
-        """fit for a file larger than memory: the scaling comes from one streaming pass, then
-        every epoch reads shuffled chunks of `chunk_rows` rows from disk (stream.py)."""
-        device = distributed.setup(resolve_device(self.device))
+        """Train on a table in memory, or on a file path (read whole, or with `stream` in
+        shuffled chunks from disk at every epoch: the same training either way)."""
+        device = devices.resolve(self.device)
+        started = time.perf_counter()
+        if stream:
+            if not isinstance(data, str):
+                raise UserError("stream=True trains from a file: pass its path")
+            check(chunk_rows=chunk_rows)
+            check_streamable(data)
+            chunks = lambda columns=None: iter_table(data, fmt, key, chunk_rows, columns)
+        else:
+            frame = named_columns(read_table(data, fmt, key) if isinstance(data, str) else as_frame(data))
+            chunks = lambda columns=None: iter([frame])
         resume_state = None
         if resume:
             resume_state = self._restore_for_resume(checkpoint_path)
         else:
-            self.preprocessor_, rows = stream.prepare(
-                path, fmt, key, columns=columns, exclude=exclude, id_column=id_column,
-                missing=self.missing, likelihood=self.likelihood, chunk_rows=chunk_rows, note=note,
-            )
+            first = next(chunks()) if not stream else \
+                next(iter_table(data, fmt, key, chunk_rows=min(chunk_rows, 1000)))
+            chosen = choose_columns(first, columns, exclude, id_column, note)
             self.id_column_ = id_column
-            self.config = replace(
-                self.config, input_dim=len(self.preprocessor_.columns),
-                likelihood=self.preprocessor_.likelihood,
-            )
-            if rows < max(self.config.k, 2):
-                raise UserError(
-                    f"expected at least K rows (and 2) but got {rows} rows for --k "
-                    f"{self.config.k}; use a smaller --k or more data"
-                )
-        data = stream.ChunkStream(path, self.preprocessor_, fmt, key, chunk_rows)
-        return self._train(data, device, checkpoint_path, resume_state, reporter, note)
+            self.preprocessor_, kept = Preprocessor.fit(chunks(chosen), chosen, self.missing,
+                                                        self.likelihood)
+            self.config = replace(self.config, input_dim=len(chosen),
+                                  likelihood=self.preprocessor_.likelihood)
+            check_rows(kept, self.config.k)
+        if stream:
+            rows = ChunkStream(data, self.preprocessor_, fmt, key, chunk_rows)
+        else:
+            rows = InMemoryRows(self.preprocessor_.transform(frame)[0])
+        self.timings_ = {"read": time.perf_counter() - started}
+        return self._train(rows, device, checkpoint_path, resume_state, reporter, note)
 
     def _train(self, data, device, checkpoint_path, resume_state, reporter, note) -> GMVAE:
-        """Run the Trainer on a tensor or a ChunkStream; under torchrun only rank 0 writes."""
+        """Run the training loop; under torchrun only rank 0 writes."""
         if self.settings.recipe == "default" and (
-            not isinstance(data, torch.Tensor) or distributed.context().active
+            isinstance(data, ChunkStream) or distributed.context().active
         ):
             note("note: the default recipe's warm start needs every row in one process; this "
                  "run uses --recipe paper (the spec's ELBO from a random start)")
@@ -177,16 +139,20 @@ class GMVAE:
         writes = checkpoint_path is not None and distributed.is_main()
 
         def save_state(state: dict) -> None:
-            if checkpoint_path is not None:
-                self.history_ = state["history"]
+            self.history_ = state["history"]  # also tells the CLI that a checkpoint exists
             if writes:
                 checkpoint.save(checkpoint_path, self._payload(state["state_dict"], state))
 
-        trainer = Trainer(data, self.config, self.settings, device, reporter, save_state)
-        self.net_, self.history_, self.terms_ = trainer.fit(resume=resume_state)
-        self.cluster_sizes_ = trainer.cluster_sizes(self.net_)
+        chosen = recipe.make(self.settings.recipe, self.settings.epochs, self.settings.lr)
+        trainer = Trainer(data, self.config, chosen, self.settings, device, reporter, save_state)
+        fit = trainer.fit(resume=resume_state)
+        self.net_, self.history_, self.terms_ = fit.net, fit.history, fit.terms
+        self.cluster_sizes_, self.recipe_summary_ = fit.cluster_sizes, fit.recipe_summary
+        self.timings_.update(fit.timings)
         if writes:
+            started = time.perf_counter()
             checkpoint.save(checkpoint_path, self._payload(self.net_.state_dict(), None))
+            self.timings_["write"] = self.timings_.get("write", 0.0) + time.perf_counter() - started
         distributed.barrier()  # every rank leaves together, once the checkpoint is written
         return self
 
@@ -197,11 +163,11 @@ class GMVAE:
         state = payload.get("training")
         if state is None:
             raise UserError(f"{path} holds a finished model with no training state to resume")
-        self.config = ModelConfig.from_dict(payload["config"])
-        self.preprocessor_ = Preprocessor.from_dict(payload["preprocess"])
-        saved = TrainSettings(**payload["train_settings"])
+        self._restore(payload, path)
         # Resuming may extend the number of epochs; everything else comes from the run itself.
-        self.settings = replace(saved, epochs=self.settings.epochs or saved.epochs)
+        epochs = self.settings.epochs
+        self.settings = TrainSettings.from_dict(payload["train_settings"])
+        self.settings = replace(self.settings, epochs=epochs or self.settings.epochs)
         return state
 
     # -- using a trained model -----------------------------------------------------------
@@ -214,133 +180,51 @@ class GMVAE:
     def matrix(self, table: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The preprocessed float32 matrix of a table, and the mask of rows kept."""
         self._require_fitted()
-        return self.preprocessor_.transform(as_frame(table))
+        return self.preprocessor_.transform(named_columns(as_frame(table)))
 
     @torch.no_grad()
-    def _batched(self, matrix: np.ndarray, fn) -> Iterable[torch.Tensor]:
+    def _batched(self, matrix: np.ndarray, fn, width: int) -> np.ndarray:
+        """fn over the rows of matrix in evaluation batches, gathered as one array."""
         net = self._require_fitted()
         net.eval()
-        device = next(net.parameters()).device
-        for start in range(0, len(matrix), EVAL_BATCH):
-            yield fn(torch.from_numpy(matrix[start : start + EVAL_BATCH]).to(device)).cpu()
+        device = devices.of(net)
+        parts = [fn(torch.from_numpy(matrix[s : s + EVAL_BATCH]).to(device)).cpu()
+                 for s in range(0, len(matrix), EVAL_BATCH)]
+        return torch.cat(parts).numpy() if parts else np.zeros((0, width), np.float32)
 
-    def _log_proba(self, matrix: np.ndarray, mc_samples: int = 0) -> np.ndarray:
-        fn = lambda y: self.net_.cluster_log_proba(y, mc_samples)
-        parts = list(self._batched(matrix, fn))
-        return torch.cat(parts).numpy() if parts else np.zeros((0, self.config.k), np.float32)
+    def log_proba_matrix(self, matrix: np.ndarray, mc_samples: int = 0) -> np.ndarray:
+        """log p(z | y) of preprocessed rows; mc_samples = 0 uses the posterior means."""
+        return self._batched(matrix, lambda y: self.net_.cluster_log_proba(y, mc_samples),
+                             self.config.k)
+
+    def embed_matrix(self, matrix: np.ndarray, with_w: bool = False) -> np.ndarray:
+        """Posterior means of x (and of w with with_w) of preprocessed rows."""
+        def means(y):
+            x, w = self.net_.embed(y)  # (batch, x_dim), (batch, w_dim)
+            return torch.cat([x, w], dim=1) if with_w else x
+
+        return self._batched(matrix, means, len(self.embedding_columns(with_w)))
 
     def predict_proba(self, table, mc_samples: int = 0) -> np.ndarray:
         """p(z | y) per kept row; mc_samples = 0 uses the posterior means (deterministic)."""
-        return np.exp(self._log_proba(self.matrix(table)[0], mc_samples))
+        return np.exp(self.log_proba_matrix(self.matrix(table)[0], mc_samples))
 
     def predict(self, table) -> np.ndarray:
-        return self._log_proba(self.matrix(table)[0]).argmax(1)
+        return self.log_proba_matrix(self.matrix(table)[0]).argmax(1)
 
     def transform(self, table, with_w: bool = False) -> np.ndarray:
         """Posterior means of x (and of w with with_w) per kept row: (rows, x_dim [+ w_dim])."""
-        return self._embed_matrix(self.matrix(table)[0], with_w)
+        return self.embed_matrix(self.matrix(table)[0], with_w)
 
     def embedding_columns(self, with_w: bool = False) -> list[str]:
         """Names of transform's columns: x_0 … x_{x_dim-1}, then w_0 … with with_w."""
         names = [f"x_{j}" for j in range(self.config.x_dim)]
         return names + ([f"w_{j}" for j in range(self.config.w_dim)] if with_w else [])
 
-    def _embed_matrix(self, matrix: np.ndarray, with_w: bool) -> np.ndarray:
-        def fn(y):
-            x, w = self.net_.embed(y)  # (batch, x_dim), (batch, w_dim)
-            return torch.cat([x, w], dim=1) if with_w else x
-
-        parts = list(self._batched(matrix, fn))
-        width = len(self.embedding_columns(with_w))
-        return torch.cat(parts).numpy() if parts else np.zeros((0, width), np.float32)
-
-    def assign_chunks(
-        self,
-        chunks: Iterable[pd.DataFrame],
-        *,
-        probs: bool = False,
-        id_column: str | None = None,
-        mc_samples: int = 0,
-    ) -> Iterable[pd.DataFrame]:
-        """One output row per input row, chunk by chunk: id (or row number), cluster,
-        confidence and optionally prob_0 … prob_{K-1}. Rows dropped by --missing drop get
-        empty values."""
-
-        def columns(matrix: np.ndarray, keep: np.ndarray) -> dict:
-            return self._cluster_columns(matrix, keep, probs=probs, mc_samples=mc_samples)
-
-        return self._per_row(chunks, id_column, columns)
-
-    def embed_chunks(
-        self,
-        chunks: Iterable[pd.DataFrame],
-        *,
-        with_w: bool = False,
-        with_cluster: bool = False,
-        id_column: str | None = None,
-    ) -> Iterable[pd.DataFrame]:
-        """One output row per input row, chunk by chunk: id (or row number), the posterior
-        means x_0 … x_{x_dim-1}, optionally w_0 … w_{w_dim-1}, and optionally cluster and
-        confidence exactly as assign_chunks gives them. Rows dropped by --missing drop get
-        empty values."""
-        names = self.embedding_columns(with_w)
-
-        def columns(matrix: np.ndarray, keep: np.ndarray) -> dict:
-            values = np.full((len(keep), len(names)), np.nan, dtype=np.float32)
-            values[keep] = self._embed_matrix(matrix, with_w)
-            out = {name: values[:, j] for j, name in enumerate(names)}
-            if with_cluster:
-                out.update(self._cluster_columns(matrix, keep))
-            return out
-
-        return self._per_row(chunks, id_column, columns)
-
-    def _per_row(
-        self,
-        chunks: Iterable[pd.DataFrame],
-        id_column: str | None,
-        columns: Callable[[np.ndarray, np.ndarray], dict],
-    ) -> Iterable[pd.DataFrame]:
-        """The row bookkeeping assign and embed share: each chunk becomes a frame with one row
-        per input row, the id column (or `row`, the row number across chunks) first, then
-        `columns(matrix, keep)` computed from the chunk's kept rows, full length."""
-        offset = 0
-        for chunk in chunks:
-            if id_column is not None and id_column not in chunk.columns:
-                raise UserError(f"--id-column {id_column!r} is not in the input table")
-            matrix, keep = self.matrix(chunk)
-            # The id column from training is used where the input has it, else row numbers.
-            ids = id_column or (self.id_column_ if self.id_column_ in chunk.columns else None)
-            if ids is not None:
-                first = {ids: chunk[ids].to_numpy()}
-            else:
-                first = {"row": np.arange(offset, offset + len(chunk))}
-            offset += len(chunk)
-            yield pd.DataFrame({**first, **columns(matrix, keep)})
-
-    def _cluster_columns(
-        self, matrix: np.ndarray, keep: np.ndarray, probs: bool = False, mc_samples: int = 0
-    ) -> dict:
-        """cluster, confidence (and prob_0 … with probs) for every row; empty where not kept."""
-        log_p = self._log_proba(matrix, mc_samples)  # (kept rows, K)
-        top = log_p.argmax(1)
-        best = np.zeros(len(keep), dtype=np.int64)
-        best[keep] = top
-        cluster = pd.arrays.IntegerArray(best, ~keep)  # masked (empty) where not kept
-        confidence = np.full(len(keep), np.nan)
-        # The top log-probability by index: numpy's max along a short axis is 10x slower.
-        confidence[keep] = np.exp(np.take_along_axis(log_p, top[:, None], axis=1)[:, 0])
-        out = {"cluster": cluster, "confidence": confidence}
-        if probs:
-            p = np.full((len(keep), self.config.k), np.nan)
-            p[keep] = np.exp(log_p)
-            out.update({f"prob_{j}": p[:, j] for j in range(self.config.k)})
-        return out
-
     def score(self, table, seed: int = 0) -> dict[str, float]:
         """Mean ELBO and each of its four terms on this data."""
         net = self._require_fitted()
-        return evaluate_terms(net, torch.from_numpy(self.matrix(table)[0]), seed=seed)
+        return evaluate_terms(net, InMemoryRows(self.matrix(table)[0]), seed=seed)
 
     @torch.no_grad()
     def sample(
@@ -377,7 +261,7 @@ class GMVAE:
         labels = np.repeat(np.asarray(chosen, dtype=np.int64), counts)
 
         net.eval()
-        device = next(net.parameters()).device
+        device = devices.of(net)
         cuda = [device] if device.type == "cuda" else []
         parts = []
         with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
@@ -416,58 +300,52 @@ class GMVAE:
             "cluster_sizes": self.cluster_sizes_,
             "training": training,
             "id_column": self.id_column_,
+            "timings": self.timings_,
+            **({} if training is not None else self.recipe_summary_),
         }
 
     def save(self, path: str) -> None:
         self._require_fitted()
         checkpoint.save(path, self._payload(self.net_.state_dict(), None))
 
+    def _restore(self, payload: dict, path: str) -> None:
+        """The configuration, preprocessing and id column a checkpoint holds."""
+        try:
+            self.config = ModelConfig.from_dict(payload["config"])
+            self.settings = TrainSettings.from_dict(payload["train_settings"])
+            self.preprocessor_ = Preprocessor.from_dict(payload["preprocess"])
+        except (KeyError, TypeError) as e:
+            raise UserError(f"{path} is a damaged gmvae checkpoint ({type(e).__name__}); retrain it")
+        self.likelihood, self.missing = self.config.likelihood, self.preprocessor_.missing
+        self.id_column_ = payload.get("id_column")
+
     @classmethod
     def load(cls, path: str, device: str = "cpu") -> GMVAE:
         payload = checkpoint.load(path)
+        model = cls.__new__(cls)
+        model._restore(payload, path)
+        model.device = device
         try:
-            config = ModelConfig.from_dict(payload["config"])
-            settings = TrainSettings(**payload["train_settings"])
-            model = cls.__new__(cls)
-            model.config, model.settings = config, settings
-            model.likelihood, model.device = config.likelihood, device
-            model.preprocessor_ = Preprocessor.from_dict(payload["preprocess"])
-            model.missing = model.preprocessor_.missing
-            model.net_ = GMVAENet(config)
+            model.net_ = GMVAENet(model.config)
             model.net_.load_state_dict(payload["state_dict"])
         except (KeyError, TypeError, RuntimeError) as e:
             raise UserError(f"{path} is a damaged gmvae checkpoint ({type(e).__name__}); retrain it")
-        model.net_.to(resolve_device(device)).eval()
+        model.net_.to(devices.resolve(device)).eval()
         model.history_ = payload.get("history", [])
         model.terms_ = payload.get("terms", {})
         model.cluster_sizes_ = payload.get("cluster_sizes", [])
-        model.id_column_ = payload.get("id_column")
+        model.timings_ = payload.get("timings", {})
+        model.recipe_summary_ = {}
         model.package_version_ = payload.get("package_version")
         return model
 
-    def summary(self) -> dict:
-        """What `gmvae info` shows: plain data only."""
-        cfg = self.config
-        return {
-            "k": cfg.k,
-            "input_dim": cfg.input_dim,
-            "x_dim": cfg.x_dim,
-            "w_dim": cfg.w_dim,
-            "hidden": list(cfg.hidden),
-            "likelihood": cfg.likelihood,
-            "lambda": cfg.lambda_z,
-            "mc_samples": cfg.mc_samples,
-            "recipe": self.settings.recipe,
-            "seed": self.settings.seed,
-            "epochs": len(self.history_),
-            "columns": self.preprocessor_.columns,
-            "id_column": self.id_column_,
-            "missing": self.preprocessor_.missing,
-            "final_terms": self.terms_,
-            "cluster_sizes": self.cluster_sizes_,
-            "effective_clusters": self.effective_clusters() if self.cluster_sizes_ else None,
-            "package_version": getattr(self, "package_version_", None),
-        }
+
+def check_rows(rows: int, k: int) -> None:
+    if rows < k:
+        raise UserError(f"expected at least K rows but got {rows} rows for --k {k}; "
+                        "use a smaller --k or more data")
+    if rows < 2:  # batch norm cannot train on a single row
+        raise UserError(f"training needs at least 2 rows but got {rows}; add more rows")
 
 
 def as_frame(table: pd.DataFrame | np.ndarray) -> pd.DataFrame:

@@ -6,18 +6,14 @@ containers and refuses anything else, so a file crafted to run code is rejected,
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
-import signal
-import tempfile
-import threading
 import zipfile
 from pathlib import Path
 
 import torch
 
 from gmvae_cli import __version__
+from gmvae_cli.atomic import atomic_write, check_writable, same_file
 from gmvae_cli.errors import UserError
 
 FORMAT = "gmvae-checkpoint"
@@ -25,59 +21,26 @@ FORMAT_VERSION = 1
 
 
 def save(path: str, payload: dict) -> None:
-    """Write atomically: a temporary file beside the target, then a rename."""
-    target = Path(path)
-    folder = target.parent.resolve()
-    if not folder.is_dir():
-        raise UserError(f"cannot write checkpoint {path}: folder {folder} does not exist")
+    """Write atomically; Ctrl-C or SIGTERM wait until the file is in place, so an interrupt
+    never leaves a half-written checkpoint behind."""
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
                "package_version": __version__, **payload}
-    # Ctrl-C or SIGTERM are held back while the file is written and renamed, and delivered
-    # right after: an interrupt can never leave a half-written temporary file behind.
-    with _signals_deferred():
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-        except OSError as e:
-            raise UserError(f"cannot write checkpoint {path}: {e.strerror}; choose another -o path")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(payload, handle)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    with atomic_write(path, "checkpoint ", hold_signals=True) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
 
 
-@contextlib.contextmanager
-def _signals_deferred():
-    deferred = {signal.SIGINT, signal.SIGTERM}
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-def check_target(path: str, inputs: tuple[str, ...] = ()) -> None:
-    """Fail early (before training) if the checkpoint could not be written to `path`."""
-    target = Path(path)
-    if target.is_dir():
+def check_target(path: str, inputs: tuple[str, ...] = (), replace: bool = False) -> None:
+    """Fail early (before training) if the checkpoint could not or should not be written to
+    `path`: an existing file is a model someone trained, kept unless `replace` is given
+    (--force, or --resume of that very run)."""
+    if Path(path).is_dir():
         raise UserError(f"cannot write checkpoint {path}: it is a directory; pass a file such as model.pt")
-    for given in inputs:
-        if given != "-" and Path(given).exists() and Path(given).resolve() == target.resolve():
-            raise UserError(f"checkpoint {path} is also the input data; write to another -o path")
-    folder = target.parent.resolve()
-    if not folder.is_dir():
-        raise UserError(f"cannot write checkpoint {path}: folder {folder} does not exist")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-    except OSError as e:
-        raise UserError(f"cannot write checkpoint {path}: {e.strerror}; choose another -o path")
-    os.close(fd)
-    Path(probe).unlink(missing_ok=True)
+    if any(same_file(given, path) for given in inputs):
+        raise UserError(f"checkpoint {path} is also the input data; write to another -o path")
+    if Path(path).exists() and not replace:
+        raise UserError(f"{path} already exists; pass --force to replace it, --resume to "
+                        "continue its run, or choose another -o path")
+    check_writable(path, "checkpoint ")
 
 
 def load(path: str) -> dict:

@@ -14,7 +14,6 @@ from rich.table import Table
 from gmvae_cli import __version__, distributed, embed, evaluate, sampling, select_k, stream
 from gmvae_cli.api import GMVAE
 from gmvae_cli.checkpoint import check_target
-from gmvae_cli.data import read_table
 from gmvae_cli.errors import UserError
 from gmvae_cli.options import (
     DEBUG,
@@ -34,7 +33,18 @@ from gmvae_cli.options import (
     parse_sizes,
 )
 from gmvae_cli.progress import Reporter, note
-from gmvae_cli.rows import write_per_row
+from gmvae_cli.rows import assign_columns, write_per_row
+from gmvae_cli.settings import check
+
+EPOCHS_HELP = (
+    "GMVAE epochs (default: the recipe's: default 30 = 20 guided + 10 plain ELBO, after 20 "
+    "of autoencoder pretraining; paper 50). The default recipe keeps its proportions: "
+    "--epochs 15 runs 10 guided, 5 plain and 10 pretraining epochs."
+)
+LR_HELP = (
+    "Adam learning rate (default 1e-3). The default recipe pretrains and guides at this rate "
+    "and runs its plain-ELBO epochs at a tenth of it."
+)
 
 app = typer.Typer(
     help="Cluster the rows of a feature table with a Gaussian Mixture VAE.",
@@ -67,9 +77,9 @@ def train(
     k: Annotated[int, typer.Option("--k", help="Number of clusters K.")] = 10,
     output: Annotated[str, typer.Option("-o", "--output", help="Checkpoint to write.")] = "model.pt",
     recipe: Annotated[str, typer.Option(help="default (warm start + ELBO) or paper (the spec's ELBO alone).")] = "default",
-    epochs: Annotated[int | None, typer.Option(help="GMVAE epochs (default: the recipe's).")] = None,
+    epochs: Annotated[int | None, typer.Option(help=EPOCHS_HELP)] = None,
     batch_size: BatchSize = 128,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate (default: the recipe's).")] = None,
+    lr: Annotated[float | None, typer.Option(help=LR_HELP)] = None,
     x_dim: Annotated[int, typer.Option(help="Dimension of the latent x, where clusters live.")] = 10,
     w_dim: Annotated[int, typer.Option(help="Dimension of the latent w.")] = 10,
     hidden: Annotated[str, typer.Option(help="Encoder layer sizes; the decoder mirrors them.")] = "500,500",
@@ -86,6 +96,7 @@ def train(
     fmt: Format = None,
     key: Key = None,
     resume: Annotated[bool, typer.Option(help="Continue the run saved in --output.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing checkpoint at --output.")] = False,
     streamed: Annotated[
         bool | None,
         typer.Option(
@@ -103,32 +114,30 @@ def train(
 
     Example: gmvae train data.parquet --k 10 -o model.pt
     """
+    # Every option is checked (GMVAE's constructor) before the data is read.
     model = GMVAE(
         k=k, x_dim=x_dim, w_dim=w_dim, hidden=parse_sizes(hidden, "--hidden"),
         mc_samples=mc_samples, lambda_z=lambda_z, likelihood=likelihood, recipe=recipe,
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, restarts=restarts,
         device=device, missing=missing,
     )
-    check_target(output, inputs=(data,))  # before the data is read or a minute is spent
+    check(chunk_rows=chunk_rows)
+    # Before the data is read or a minute is spent: an existing model is kept unless told.
+    check_target(output, inputs=(data,), replace=force or resume)
     quiet = quiet or not distributed.is_main()  # under torchrun, rank 0 speaks for all
     say = (lambda s: None) if quiet else note
     if streamed is None and stream.should_stream(data):
         say(f"note: {data} is larger than a quarter of this machine's memory, so training "
             "streams it from disk (--no-stream loads it)")
     streamed = stream.should_stream(data) if streamed is None else streamed
-    frame = None if streamed else read_table(data, fmt, key)
-    options = {
-        "columns": parse_list(columns) or None, "exclude": parse_list(exclude),
-        "id_column": id_column, "checkpoint_path": output, "resume": resume, "note": say,
-    }
     try:
         with Reporter(quiet) as reporter:
-            if streamed:
-                model.fit_stream(
-                    data, fmt=fmt, key=key, chunk_rows=chunk_rows, reporter=reporter, **options
-                )
-            else:
-                model.fit(frame, reporter=reporter, **options)
+            model.fit(
+                data, stream=streamed, fmt=fmt, key=key, chunk_rows=chunk_rows,
+                columns=parse_list(columns) or None, exclude=parse_list(exclude),
+                id_column=id_column, checkpoint_path=output, resume=resume, reporter=reporter,
+                note=say,
+            )
     except KeyboardInterrupt:
         if DEBUG["on"]:
             raise
@@ -185,9 +194,7 @@ def assign(
         raise UserError(f"--mc-samples must be 0 or more, got {mc_samples}")
     write_per_row(
         model_path, data, output,
-        lambda model, chunks: model.assign_chunks(
-            chunks, probs=probs, id_column=id_column, mc_samples=mc_samples
-        ),
+        lambda model: assign_columns(model, probs=probs, mc_samples=mc_samples),
         description="assigning", id_column=id_column, batch_size=batch_size, device=device,
         fmt=fmt, key=key, quiet=quiet,
     )
@@ -204,7 +211,7 @@ def info(
     Example: gmvae info model.pt --json
     """
     model = GMVAE.load(model_path)
-    summary = model.summary()
+    summary = model_summary(model)
     if as_json:
         print(json.dumps(summary, indent=2))
         warn_collapse(model)
@@ -214,6 +221,31 @@ def info(
         table.add_row(name, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
     Console(soft_wrap=True).print(table)
     warn_collapse(model)
+
+
+def model_summary(model: GMVAE) -> dict:
+    """What `gmvae info` shows: plain data only."""
+    cfg = model.config
+    return {
+        "k": cfg.k,
+        "input_dim": cfg.input_dim,
+        "x_dim": cfg.x_dim,
+        "w_dim": cfg.w_dim,
+        "hidden": list(cfg.hidden),
+        "likelihood": cfg.likelihood,
+        "lambda": cfg.lambda_z,
+        "mc_samples": cfg.mc_samples,
+        "recipe": model.settings.recipe,
+        "seed": model.settings.seed,
+        "epochs": len(model.history_),
+        "columns": model.preprocessor_.columns,
+        "id_column": model.id_column_,
+        "missing": model.preprocessor_.missing,
+        "final_terms": model.terms_,
+        "cluster_sizes": model.cluster_sizes_,
+        "effective_clusters": model.effective_clusters() if model.cluster_sizes_ else None,
+        "package_version": getattr(model, "package_version_", None),
+    }
 
 
 # Commands that live in their own modules (each already wrapped in handle_errors).

@@ -7,12 +7,15 @@ concatenates the chunks for callers that need everything (training).
 
 from __future__ import annotations
 
+import bz2
+import contextlib
 import csv
+import gzip
 import io
-import os
+import lzma
 import queue
+import stat
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -26,6 +29,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from typing_extensions import Self
 
+from gmvae_cli.atomic import atomic_write, same_file
 from gmvae_cli.errors import UserError
 
 FORMATS = ("csv", "parquet", "hdf5")
@@ -39,6 +43,8 @@ SUFFIXES = {
     ".hdf5": "hdf5",
     ".hdf": "hdf5",
 }
+# CSV compressions read by suffix (data.csv.gz): the opener for each.
+COMPRESSIONS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 STDIO = "-"
 DEFAULT_CHUNK_ROWS = 65_536
 T = TypeVar("T")
@@ -52,12 +58,33 @@ def detect_format(path: str, fmt: str | None) -> str:
     if path == STDIO:
         return "csv"
     suffix = Path(path).suffix.lower()
+    if compression(path) is not None:  # data.csv.gz: the format is the suffix before
+        suffix = Path(Path(path).stem).suffix.lower()
+        if SUFFIXES.get(suffix) != "csv":
+            raise UserError(f"{path}: only CSV is read compressed (.csv.gz, .csv.bz2, .csv.xz); "
+                            "decompress it first")
     if suffix not in SUFFIXES:
         raise UserError(
             f"cannot tell the format of {path!r} from its suffix {suffix or '(none)'!r}; "
             f"pass --format {'|'.join(FORMATS)}"
         )
     return SUFFIXES[suffix]
+
+
+def compression(path: str) -> str | None:
+    """The compression suffix of a CSV path ('.gz', …), or None."""
+    suffix = Path(path).suffix.lower()
+    return suffix if suffix in COMPRESSIONS else None
+
+
+def is_pipe(path: str) -> bool:
+    """Standard input, a named pipe or `<(…)`: readable once, front to back, size unknown."""
+    if path == STDIO:
+        return True
+    try:
+        return not stat.S_ISREG(Path(path).stat().st_mode)
+    except OSError:
+        return False
 
 
 def check_readable(path: str) -> None:
@@ -68,7 +95,8 @@ def check_readable(path: str) -> None:
         raise UserError(f"{path}: no such file; check the path")
     if p.is_dir():
         raise UserError(f"{path} is a directory; pass a data file")
-    if p.stat().st_size == 0:
+    # A pipe (`<(zcat data.csv.gz)`) reports size 0 until it is read: only files are empty.
+    if not is_pipe(path) and p.stat().st_size == 0:
         raise UserError(f"{path} is empty; it needs a header row and at least one data row")
 
 
@@ -167,24 +195,46 @@ def read_table(path: str, fmt: str | None = None, key: str | None = None) -> pd.
     return pd.concat(list(iter_table(path, fmt, key)), ignore_index=True)
 
 
+def csv_separator(path: str) -> str:
+    stem = path[: -len(compression(path) or "")] if compression(path) else path
+    return "\t" if stem.lower().endswith(".tsv") else ","
+
+
+def _open_csv(path: str):
+    """A binary stream of the CSV text: stdin, or the file (decompressed by its suffix)."""
+    if path == STDIO:
+        return contextlib.nullcontext(getattr(sys.stdin, "buffer", sys.stdin))
+    opener = COMPRESSIONS.get(compression(path) or "", open)
+    return opener(path, "rb")
+
+
 def _iter_csv(
     path: str, key: str | None, chunk_rows: int, columns: list[str] | None = None
 ) -> Iterator[pd.DataFrame]:
-    # Standard input is parsed as it arrives, a chunk at a time, like a file: `cat big.csv |
-    # gmvae assign model.pt -` holds one chunk, not the whole stream.
-    source = _InterruptAware(getattr(sys.stdin, "buffer", sys.stdin)) if path == STDIO else path
+    # Standard input and pipes are parsed as they arrive, a chunk at a time, like a file:
+    # `cat big.csv | gmvae assign model.pt -` holds one chunk, not the whole stream.
     name = "standard input" if path == STDIO else path
-    sep = "\t" if str(path).lower().endswith(".tsv") else ","
+    sep = csv_separator(path)
     usecols = None if columns is None else (lambda name: name in columns)
     try:
-        with pd.read_csv(source, sep=sep, chunksize=chunk_rows, usecols=usecols) as reader:
-            yield from reader
+        with _open_csv(path) as raw:
+            source = _Tap(raw)
+            with pd.read_csv(source, sep=sep, chunksize=chunk_rows, usecols=usecols) as reader:
+                for number, chunk in enumerate(reader):
+                    if number == 0:
+                        check_unique(source.header(sep), name)
+                    yield chunk
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise UserError(f"cannot read {name}: {e.strerror}; check the file")
+        raise UserError(f"{name} is not a readable {compression(path) or ''} file ({e}); "
+                        "check the file or its suffix")
     except pd.errors.EmptyDataError:
         if path == STDIO:
             raise UserError("standard input is empty; pipe a CSV table with a header row")
         raise UserError(f"{name} is empty; it needs a header row and at least one data row")
     except pd.errors.ParserError as e:
-        if getattr(source, "interrupted", False):
+        if source.interrupted:
             raise KeyboardInterrupt from None  # Ctrl-C while waiting on the pipe, not bad data
         detail = str(e).strip().splitlines()[-1]
         raise UserError(f"{name} is not a well-formed CSV table ({detail}); fix the rows named")
@@ -192,23 +242,45 @@ def _iter_csv(
         raise UserError(f"{name} is not a text CSV file; pass --format if it is Parquet or HDF5")
 
 
-class _InterruptAware:
-    """Standard input for pandas, remembering a Ctrl-C that arrived while it waited: pandas'
-    C parser can turn that KeyboardInterrupt into a ParserError ("read(nbytes) failed")."""
+class _Tap:
+    """The CSV bytes for pandas, remembering two things pandas hides: the header line as
+    written (pandas renames duplicate names a, a to a, a.1), and a Ctrl-C that arrived while
+    it waited on a pipe (its C parser turns it into a ParserError "read(nbytes) failed")."""
+
+    HEAD_LIMIT = 1 << 20
 
     def __init__(self, stream):
         self.stream = stream
         self.interrupted = False
+        self.head = b""
 
     def read(self, size: int = -1):
         try:
-            return self.stream.read(size)
+            data = self.stream.read(size)
         except KeyboardInterrupt:
             self.interrupted = True
             raise
+        if b"\n" not in self.head and len(self.head) < self.HEAD_LIMIT:
+            self.head += data
+        return data
 
     def __iter__(self):
         return iter(self.stream)
+
+    def header(self, sep: str) -> list[str]:
+        line = self.head.split(b"\n", 1)[0].decode("utf-8-sig", errors="replace")
+        return next(csv.reader([line], delimiter=sep), [])
+
+
+def check_unique(names: Sequence[str], source: str) -> None:
+    """A table whose columns share a name cannot say which one a model column means."""
+    counts: dict[str, int] = {}
+    for name in names:
+        counts[str(name)] = counts.get(str(name), 0) + 1
+    repeated = [f"{name!r} ({n}×)" for name, n in counts.items() if n > 1]
+    if repeated:
+        raise UserError(f"{source} has duplicate column names: {', '.join(repeated)}; "
+                        "rename them so that every column has its own name")
 
 
 def open_parquet(path: str) -> pq.ParquetFile:
@@ -233,6 +305,7 @@ def _iter_parquet(
     path: str, key: str | None, chunk_rows: int, columns: list[str] | None = None
 ) -> Iterator[pd.DataFrame]:
     parquet = open_parquet(path)
+    check_unique(parquet.schema_arrow.names, path)
     # Batch by batch, row group by row group: only one batch of the wanted columns in memory.
     wanted = parquet_columns(parquet, columns)
     for batch in parquet.iter_batches(batch_size=chunk_rows, columns=wanted):
@@ -339,45 +412,31 @@ def _arrow_csv_type(t: pa.DataType) -> bool:
 class TableWriter:
     """Writes a table chunk by chunk to CSV or Parquet, or CSV on stdout for None / '-'.
 
-    A file is written to a temporary name beside it and renamed into place only when
-    everything succeeded, so a failure never leaves a partial output file.
+    A file is written through atomic_write: it appears only when everything succeeded, so a
+    failure never leaves a partial output file. The temporary file is made at once, so a
+    path that cannot be written fails before any work.
     """
 
     def __init__(self, path: str | None, inputs: tuple[str, ...] = ()):
         self.path = None if path in (None, STDIO) else path
         self.fmt = "csv"
         self._parquet: pq.ParquetWriter | None = None
-        self._tmp: str | None = None
         self._handle = None
         self._header_done = False
+        self._file = contextlib.ExitStack()
         if self.path is None:
             return
         suffix = Path(self.path).suffix.lower()
         if suffix not in (".csv", ".parquet", ".pq"):
             raise UserError(f"output {self.path!r} must end in .csv or .parquet")
         self.fmt = "parquet" if suffix in (".parquet", ".pq") else "csv"
-        target = Path(self.path).resolve()
-        for given in inputs:
-            if given != STDIO and Path(given).exists() and Path(given).resolve() == target:
-                raise UserError(f"output {self.path} is also an input; write to another file")
-        folder = target.parent
-        if not folder.is_dir():
-            raise UserError(f"cannot write {self.path}: folder {folder} does not exist")
-        try:
-            fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
-        except OSError as e:
-            raise UserError(f"cannot write {self.path}: {e.strerror}; choose another -o path")
-        os.close(fd)
+        if any(same_file(given, self.path) for given in inputs):
+            raise UserError(f"output {self.path} is also an input; write to another file")
+        self._tmp = self._file.enter_context(atomic_write(self.path))
 
     def write(self, frame: pd.DataFrame) -> None:
         if self.fmt == "parquet":
-            table = pa.Table.from_pandas(frame, preserve_index=False)
-            if self._parquet is None:
-                # Dictionary pages pay off only for a column of few values (the cluster); on
-                # ids and floats pyarrow tries them, then falls back: 2.5x slower writes.
-                few = [c for c in ("cluster",) if c in table.schema.names]
-                self._parquet = pq.ParquetWriter(self._tmp, table.schema, use_dictionary=few)
-            self._parquet.write_table(table)
+            self._write_parquet(pa.Table.from_pandas(frame, preserve_index=False))
             return
         if self._handle is None:
             self._handle = sys.stdout if self.path is None else open(self._tmp, "w", newline="")  # noqa: SIM115 (closed in __exit__)
@@ -385,6 +444,27 @@ class TableWriter:
             csv.writer(self._handle, lineterminator="\n").writerow(frame.columns)
             self._header_done = True
         self._handle.write(csv_rows(frame))
+
+    def _write_parquet(self, table: pa.Table) -> None:
+        if self._parquet is None:
+            # Dictionary pages pay off only for a column of few values (the cluster); on
+            # ids and floats pyarrow tries them, then falls back: 2.5x slower writes.
+            few = [c for c in ("cluster",) if c in table.schema.names]
+            self._parquet = pq.ParquetWriter(self._tmp, table.schema, use_dictionary=few)
+        schema = self._parquet.schema
+        if not table.schema.equals(schema):
+            # CSV chunks are typed one by one: an id column of integers can hold a gap (float)
+            # in a later chunk. The file keeps the first chunk's types where the values fit.
+            try:
+                table = table.cast(schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError):
+                changed = next(f for f in table.schema if f.type != schema.field(f.name).type)
+                raise UserError(
+                    f"column {changed.name!r} changes type within the input "
+                    f"({schema.field(changed.name).type} in the first rows, {changed.type} "
+                    "later), which Parquet cannot hold; write CSV (-o out.csv) or clean the column"
+                )
+        self._parquet.write_table(table)
 
     def __enter__(self) -> Self:
         return self
@@ -396,9 +476,4 @@ class TableWriter:
             self._handle.close()
         elif self._handle is sys.stdout:
             sys.stdout.flush()
-        if self._tmp is None:
-            return
-        if exc_type is None:
-            os.replace(self._tmp, self.path)
-        else:
-            Path(self._tmp).unlink(missing_ok=True)
+        self._file.__exit__(exc_type, exc, tb)  # rename into place, or remove on failure

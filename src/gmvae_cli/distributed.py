@@ -1,11 +1,11 @@
 """Training one model on several processes, as launched by torchrun.
 
-    torchrun --nproc-per-node 2 -m gmvae_cli train data.parquet --k 10 --recipe paper
+    torchrun --nproc-per-node 2 -m gmvae_cli train data.parquet --k 10
 
 torchrun sets WORLD_SIZE, RANK and LOCAL_RANK in each process; with WORLD_SIZE > 1 training
 joins a process group (gloo on CPU, nccl on CUDA, one GPU per process) and wraps the network
 in DistributedDataParallel. Each process trains on its own share of the rows (rows i with
-i % world == rank); DDP averages the gradients of the per-process batch means, which is the
+i % world == rank; sources.py and stream.py cut the shares); DDP averages the gradients of the per-process batch means, which is the
 gradient of the mean over all processes' batches. Rank 0 alone writes checkpoints and shows
 progress; sums that decide something (epoch ELBO, restart choice, cluster sizes) are
 all-reduced so every rank decides the same.
@@ -22,7 +22,6 @@ import gc
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -84,18 +83,6 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def shard(matrix: np.ndarray) -> np.ndarray:
-    """This rank's rows: i % world == rank, cut to the same count on every rank.
-
-    Equal counts give every rank the same number of batches, so no rank waits for another
-    at the end of an epoch (at most world - 1 rows are left out).
-    """
-    ctx = context()
-    if not ctx.active:
-        return matrix
-    return np.ascontiguousarray(matrix[ctx.rank :: ctx.world][: len(matrix) // ctx.world])
-
-
 def reducing() -> bool:
     """True in a process group of several ranks (setup joined it)."""
     return context().active and dist.is_available() and dist.is_initialized()
@@ -112,22 +99,6 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     return summed.cpu()
 
 
-def sum_across(sums: dict[str, float], names: tuple[str, ...], *counts: torch.Tensor | float):
-    """All-reduce a dict of sums (over fixed names) and further counts in one call."""
-    if not reducing():
-        return (sums, *counts)
-    parts = [torch.tensor([sums.get(n, 0.0) for n in names], dtype=torch.float64)]
-    parts += [torch.as_tensor(c, dtype=torch.float64).reshape(-1) for c in counts]
-    total = all_reduce_sum(torch.cat(parts))
-    out, at = {n: float(v) for n, v in zip(names, total[: len(names)])}, len(names)
-    reduced = []
-    for c, part in zip(counts, parts[1:]):
-        value = total[at : at + len(part)]
-        at += len(part)
-        reduced.append(value.to(torch.long) if isinstance(c, torch.Tensor) else float(value))
-    return (out, *reduced)
-
-
 def epoch_seed(seed: int, epoch: int) -> None:
     """Distinct Monte-Carlo noise per rank and epoch (the same on a resumed run)."""
     ctx = context()
@@ -142,8 +113,8 @@ class _ELBOForward(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, y):
-        return self.net.elbo_terms(y)
+    def forward(self, y, cluster_weights=None, with_assignment=False):
+        return self.net.elbo_terms(y, cluster_weights, with_assignment)
 
 
 class Replicated:
@@ -158,8 +129,8 @@ class Replicated:
         self.net.train(mode)
         return self
 
-    def elbo_terms(self, y):
-        return self.ddp(y)
+    def elbo_terms(self, y, cluster_weights=None, with_assignment=False):
+        return self.ddp(y, cluster_weights, with_assignment)
 
     def parameters(self):
         return self.net.parameters()

@@ -18,7 +18,7 @@ from gmvae_cli.options import (
     Quiet,
     handle_errors,
 )
-from gmvae_cli.rows import write_per_row
+from gmvae_cli.rows import embed_columns, write_per_row
 
 
 @handle_errors
@@ -46,9 +46,7 @@ def embed(
     """
     write_per_row(
         model_path, data, output,
-        lambda model, chunks: model.embed_chunks(
-            chunks, with_w=with_w, with_cluster=with_cluster, id_column=id_column
-        ),
+        lambda model: embed_columns(model, with_w=with_w, with_cluster=with_cluster),
         description="embedding", id_column=id_column, batch_size=batch_size, device=device,
         fmt=fmt, key=key, quiet=quiet,
     )

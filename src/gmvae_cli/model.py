@@ -56,20 +56,25 @@ class ELBOTerms:
     z_prior: torch.Tensor  # max(λ, E[KL(p(z|x,w) || p(z))])
     z_prior_raw: torch.Tensor = field(default=None)  # the KL before the threshold
     responsibilities: torch.Tensor = field(default=None)  # (B, K) mean p(z|x,w), detached
+    # (B, K) log p(z | posterior means of x and w): the assignment rule, with gradient; only
+    # when elbo_terms is asked for it (the default recipe's guided phase trains it)
+    assignment_log_proba: torch.Tensor | None = None
+
+    NAMES = ("elbo", "reconstruction", "conditional_prior", "w_prior", "z_prior", "z_prior_raw")
 
     @property
     def elbo(self) -> torch.Tensor:
         return self.reconstruction - self.conditional_prior - self.w_prior - self.z_prior
 
+    def stacked(self) -> torch.Tensor:
+        """The terms in NAMES order as one detached tensor on their device: summing these
+        over a whole epoch costs no host round-trip per step."""
+        parts = (self.elbo, self.reconstruction, self.conditional_prior, self.w_prior,
+                 self.z_prior, self.z_prior_raw)
+        return torch.stack([p.detach() for p in parts])
+
     def as_floats(self) -> dict[str, float]:
-        return {
-            "elbo": float(self.elbo.detach()),
-            "reconstruction": float(self.reconstruction.detach()),
-            "conditional_prior": float(self.conditional_prior.detach()),
-            "w_prior": float(self.w_prior.detach()),
-            "z_prior": float(self.z_prior.detach()),
-            "z_prior_raw": float(self.z_prior_raw.detach()),
-        }
+        return dict(zip(self.NAMES, self.stacked().tolist()))
 
 
 # --- closed-form pieces, each a line of the spec -------------------------------------------
@@ -200,11 +205,12 @@ class GMVAENet(nn.Module):
         self.prior = PriorNetwork(cfg)
         self.decoder = Decoder(cfg)
 
-    def elbo_terms(self, y, cluster_weights=None) -> ELBOTerms:
+    def elbo_terms(self, y, cluster_weights=None, with_assignment: bool = False) -> ELBOTerms:
         """The four ELBO terms of MODEL.md on a batch y: (B, D), with M Monte-Carlo samples.
 
         cluster_weights (B, K), optional: responsibilities that replace p(z|x,w) in the
-        conditional-prior term (used only by the guided warm start of the default recipe).
+        conditional-prior term (used only by the guided phase of the default recipe).
+        with_assignment: also return log p(z | posterior means), the rule that assigns rows.
         """
         m = self.cfg.mc_samples
         x_mu, x_logvar, w_mu, w_logvar = self.encoder(y)
@@ -224,6 +230,9 @@ class GMVAENet(nn.Module):
         # z-prior: KL to the uniform prior, averaged over the samples; thresholded at λ
         # on the batch mean, as in the reference implementation.
         z_kl = z_prior_kl(log_pz).mean(0).mean()
+        assignment = None
+        if with_assignment:
+            assignment = log_cluster_posterior(x_mu, *self.prior(w_mu))  # (B, K)
         return ELBOTerms(
             reconstruction=reconstruction.mean(),
             conditional_prior=conditional_prior.mean(),
@@ -231,6 +240,7 @@ class GMVAENet(nn.Module):
             z_prior=thresholded(z_kl, self.cfg.lambda_z),
             z_prior_raw=z_kl,
             responsibilities=log_pz.exp().mean(0).detach(),
+            assignment_log_proba=assignment,
         )
 
     @torch.no_grad()

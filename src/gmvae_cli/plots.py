@@ -1,18 +1,16 @@
 """PNG pictures: the evaluation figure and the grid of sampled images.
 
-matplotlib runs on the Agg backend (no display needed). Every picture is written to a
-temporary name beside the target and renamed into place, so a failure leaves no partial file.
+matplotlib runs on the Agg backend (no display needed). Every picture goes through
+atomic_write, so a failure leaves no partial file.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from gmvae_cli.atomic import atomic_write
 from gmvae_cli.errors import UserError
 
 DPI = 100
@@ -43,18 +41,10 @@ def check_png(path: str, option: str) -> None:
         raise UserError(f"cannot write {path}: folder {folder} does not exist")
 
 
-def _write_atomically(path: str, write: Callable[[str], None]) -> None:
-    target = Path(path).resolve()
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".png", dir=target.parent)
-    except OSError as e:
-        raise UserError(f"cannot write {path}: {e.strerror}; choose another path")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+def save_figure(fig, path: str) -> None:
+    """Write a matplotlib figure as PNG, whole or not at all."""
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
 
 
 def evaluation_figure(path: str, report: dict) -> None:
@@ -77,7 +67,7 @@ def evaluation_figure(path: str, report: dict) -> None:
         if k <= 40:
             sizes_ax.set_xticks(range(k))
         fig.tight_layout()
-        _write_atomically(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI))
+        save_figure(fig, path)
     finally:
         plt.close(fig)
 
@@ -149,6 +139,5 @@ def sample_grid(path: str, images: list[np.ndarray], shape: tuple[int, int]) -> 
             canvas[top : top + height, left : left + width] = row.reshape(height, width)
     canvas = np.nan_to_num(canvas, nan=low)  # the frame and empty cells are the darkest value
     vmax = high if high > low else low + 1.0
-    _write_atomically(
-        path, lambda tmp: _pyplot().imsave(tmp, canvas, cmap="gray", vmin=low, vmax=vmax, format="png")
-    )
+    with atomic_write(path) as tmp:
+        _pyplot().imsave(tmp, canvas, cmap="gray", vmin=low, vmax=vmax, format="png")

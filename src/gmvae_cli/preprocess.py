@@ -6,17 +6,26 @@ the scaling and the likelihood) is kept in the checkpoint, so `assign` applies t
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
 
+from gmvae_cli.data import check_unique
 from gmvae_cli.errors import UserError
+from gmvae_cli.moments import Moments
+from gmvae_cli.settings import check
 
-MISSING_RULES = ("error", "drop", "mean")
-LIKELIHOODS = ("auto", "gaussian", "bernoulli")
+
+def named_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with string column names (as CSV headers are), without touching the
+    caller's frame: a frame with integer column names then matches a model's columns."""
+    if all(isinstance(c, str) for c in frame.columns):
+        return frame
+    out = frame.copy(deep=False)
+    out.columns = [str(c) for c in frame.columns]
+    return out
 
 
 def choose_columns(
@@ -26,9 +35,10 @@ def choose_columns(
     id_column: str | None = None,
     note: Callable[[str], None] = lambda s: None,
 ) -> list[str]:
-    """The feature columns: those named, else every numeric column but the id and excluded ones."""
-    names = [str(c) for c in frame.columns]
-    frame.columns = names
+    """The feature columns: those named, else every numeric column but the id and excluded
+    ones. `frame` must have string column names (named_columns)."""
+    names = list(frame.columns)
+    check_unique(names, "the table")
     for option, given in (("--columns", columns or []), ("--exclude", exclude)):
         unknown = [c for c in given if c not in names]
         if unknown:
@@ -67,44 +77,60 @@ class Preprocessor:
     likelihood: str  # resolved: gaussian or bernoulli
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, columns: list[str], missing: str, likelihood: str):
-        if missing not in MISSING_RULES:
-            raise UserError(f"--missing {missing!r} is not known; use {'|'.join(MISSING_RULES)}")
-        if likelihood not in LIKELIHOODS:
-            raise UserError(f"--likelihood {likelihood!r} is not known; use {'|'.join(LIKELIHOODS)}")
-        values = frame[columns].to_numpy(dtype=np.float64, copy=True)
-        values[~np.isfinite(values)] = np.nan
-        _check_missing(values, columns, missing)
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column: reported next
-            fill = np.nanmean(values, axis=0)
-        if np.isnan(fill).any():
-            empty = [c for c, f in zip(columns, fill) if np.isnan(f)]
-            raise UserError(f"column {empty[0]!r} has no finite values; drop it with --exclude")
-        finite = values[~np.isnan(values).any(axis=1)] if missing == "drop" else values
-        if len(finite) == 0:
-            raise UserError(
-                "every row has a missing or infinite value, so --missing drop leaves no rows; "
-                "use --missing mean or clean the data"
-            )
-        if missing == "mean":
-            finite = np.where(np.isnan(values), fill, values)
-        if likelihood == "auto":
-            likelihood = "bernoulli" if finite.min() >= 0 and finite.max() <= 1 else "gaussian"
-        if likelihood == "bernoulli":
-            if finite.min() < 0 or finite.max() > 1:
+    def fit(
+        cls, chunks: Iterable[pd.DataFrame], columns: list[str], missing: str, likelihood: str
+    ) -> tuple[Preprocessor, int]:
+        """The statistics from the table's chunks in one pass (a table in memory is one
+        chunk), and the number of rows kept.
+
+        Fill values are the means of the finite values; the scaling comes from the complete
+        rows (--missing drop) or from the mean-filled columns (--missing mean: a filled value
+        adds no deviation, only a row).
+        """
+        check(missing=missing, likelihood=likelihood)
+        every, complete = Moments(len(columns)), Moments(len(columns))
+        rows, absent = 0, np.zeros(len(columns), dtype=np.int64)
+        for chunk in chunks:
+            lacking = [c for c in columns if c not in chunk.columns]
+            if lacking:
+                raise UserError(f"column {lacking[0]!r} is missing from part of the file; fix it")
+            values = chunk[columns].to_numpy(dtype=np.float64, copy=True)
+            values[~np.isfinite(values)] = np.nan
+            gaps = np.isnan(values)
+            absent += gaps.sum(axis=0)
+            every.add(values)
+            complete.add(values[~gaps.any(axis=1)])
+            rows += len(values)
+        if missing == "error" and absent.any():
+            raise UserError(_missing_message(columns, absent))
+        if (every.n == 0).any():
+            empty = columns[int(np.argmax(every.n == 0))]
+            raise UserError(f"column {empty!r} has no finite values; drop it with --exclude")
+        fill = every.mean
+        if missing == "drop":
+            kept = int(complete.n[0])
+            if kept == 0:
                 raise UserError(
-                    "--likelihood bernoulli needs every value in [0, 1]; use gaussian"
+                    "every row has a missing or infinite value, so --missing drop leaves no "
+                    "rows; use --missing mean or clean the data"
                 )
+            center, variance, low, high = complete.mean, complete.variance, complete.min, complete.max
+        else:  # "error" (no gaps) or "mean": filled values sit at the mean
+            kept, center, variance = rows, fill, every.m2 / rows
+            low, high = every.min, every.max
+        if likelihood == "auto":
+            likelihood = "bernoulli" if low.min() >= 0 and high.max() <= 1 else "gaussian"
+        if likelihood == "bernoulli":
+            if low.min() < 0 or high.max() > 1:
+                raise UserError("--likelihood bernoulli needs every value in [0, 1]; use gaussian")
             center, scale = np.zeros(len(columns)), np.ones(len(columns))
         else:
-            with np.errstate(all="ignore"):  # overflow is reported below as one line
-                center = finite.mean(axis=0)
-                scale = finite.std(axis=0)
+            scale = np.sqrt(variance)
             if not (np.isfinite(scale).all() and np.isfinite(center).all()):
                 raise UserError("values too large to scale (overflow); rescale the columns")
             scale[scale == 0] = 1.0  # a constant column stays constant (zero) instead of NaN
-        return cls(columns, missing, fill.tolist(), center.tolist(), scale.tolist(), likelihood)
+        pre = cls(columns, missing, fill.tolist(), center.tolist(), scale.tolist(), likelihood)
+        return pre, kept
 
     def transform(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """The model's float32 matrix, and the boolean mask of input rows kept."""
@@ -123,8 +149,9 @@ class Preprocessor:
         keep = np.ones(len(values), dtype=bool)
         finite = np.isfinite(values)
         if not finite.all():  # most chunks have no gaps: no bookkeeping then
+            if self.missing == "error":
+                raise UserError(_missing_message(self.columns, (~finite).sum(axis=0)))
             values[~finite] = np.nan
-            _check_missing(values, self.columns, self.missing)
             keep = finite.all(axis=1)
             if self.missing == "drop":
                 values = values[keep]
@@ -158,13 +185,7 @@ class Preprocessor:
         return cls(**d)
 
 
-def _check_missing(values: np.ndarray, columns: list[str], missing: str) -> None:
-    if missing != "error":
-        return
-    counts = np.isnan(values).sum(axis=0)
-    if counts.any():
-        worst = ", ".join(f"{c!r} ({n})" for c, n in zip(columns, counts) if n)
-        raise UserError(
-            f"missing or infinite values in columns {worst}; "
-            "pass --missing drop or --missing mean, or clean the data"
-        )
+def _missing_message(columns: list[str], counts: np.ndarray) -> str:
+    worst = ", ".join(f"{c!r} ({n})" for c, n in zip(columns, counts) if n)
+    return (f"missing or infinite values in columns {worst}; "
+            "pass --missing drop or --missing mean, or clean the data")

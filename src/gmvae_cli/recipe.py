@@ -1,239 +1,164 @@
-"""The default training recipe: autoencoder warm start, UMAP + GMM pseudo-responsibilities,
-a guided phase, then plain ELBO.
+"""Recipes: how a GMVAE is trained, as a few hooks the one training loop calls (train.py).
 
-Why: a GMVAE trained from scratch finds poor, seed-dependent clusters (the paper's own K = 10
-spread is 4-10 points). Pixels and plain autoencoder codes cluster badly; what separates
-digits-like data is the k-nearest-neighbour structure that UMAP respects. So we use UMAP + a
-full-covariance GMM on the pretrained codes only to *start* the GMVAE: its prior components are
-set to the clusters' code statistics and a guided phase teaches the encoder/prior those clusters.
-The GMVAE itself assigns, samples and scores afterwards.
+A recipe says what happens before the first epoch (`prepare`: a warm start, or nothing),
+which phases follow (`phases`: name, epochs, learning rate) and what each step minimises
+(`loss`). The loop knows no recipe by name. Two recipes:
+
+- `paper`: the spec's ELBO (MODEL.md) from random initialisation, in one phase.
+- `default`: the same ELBO after an unsupervised warm start (warm_start.py): a guided phase
+  in which pseudo-clusters weight the conditional prior and confident ones pull the
+  assignment rule towards them, then plain ELBO at a lower rate.
+
+`--epochs N` and `--lr R` scale a recipe's whole schedule: each phase keeps its share of the
+epochs and its rate relative to the others (`scaled_epochs`).
 """
 
 from __future__ import annotations
 
-import os
-import warnings
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.nn import functional as F
 
-from gmvae_cli.model import ELBOTerms, GMVAENet, log_cluster_posterior
-from gmvae_cli.train import batches
+from gmvae_cli import warm_start
+from gmvae_cli.model import ELBOTerms, GMVAENet
 
-Report = Callable[[str, float], None] | None
+Report = Callable[[str, float], None]
 
 
 @dataclass(frozen=True)
-class RecipeSchedule:
-    pretrain_epochs: int = 20  # autoencoder epochs before UMAP
-    pretrain_lr: float = 1e-3
-    guided_epochs: int = 20  # ELBO with the pseudo-responsibilities in the conditional prior
-    free_epochs: int = 10  # plain ELBO
-    lr: float = 1e-3  # Adam, guided phase
-    free_lr: float = 1e-4  # free phase: at 1e-3 plain ELBO drifts off the guided clusters
-    # (MNIST seed 0: 0.938 -> 0.929); at 1e-4 accuracy holds while the ELBO still improves
+class Phase:
+    name: str  # recorded in each epoch's history
+    epochs: int
+    lr: float
+
+
+class Recipe:
+    """The hooks; the defaults train the spec's ELBO and keep no state."""
+
+    name = ""
+
+    def prepare(self, net: GMVAENet, data, *, seed: int, batch_size: int,
+                device: torch.device, report: Report) -> None:
+        """Called once per restart with a fresh network, before the first epoch."""
+
+    def phases(self) -> list[Phase]:
+        raise NotImplementedError
+
+    def start_phase(self, phase: Phase) -> None:
+        """Called when a phase begins (also when a resumed run continues inside it)."""
+
+    def loss(self, net: GMVAENet, y: torch.Tensor, rows: torch.Tensor | None,
+             phase: Phase) -> tuple[torch.Tensor, ELBOTerms]:
+        """What one step minimises; `rows` are the batch's row numbers (data.py)."""
+        terms = net.elbo_terms(y)
+        return -terms.elbo, terms
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs of prepare's work (saved at every epoch end)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def summary(self) -> dict:
+        """Plain results worth keeping in the finished checkpoint."""
+        return {}
+
+
+def scaled_epochs(shares: list[int], total: int | None) -> list[int]:
+    """Split `total` epochs over phases in proportion to their default `shares`; every phase
+    keeps at least one epoch while there are enough to go round."""
+    if total is None:
+        return list(shares)
+    counts = [max(1, round(total * s / sum(shares))) for s in shares]
+    while sum(counts) > total and max(counts) > 1:
+        counts[counts.index(max(counts))] -= 1
+    counts[-1] += total - sum(counts)
+    return counts
+
+
+class PaperRecipe(Recipe):
+    name = "paper"
+    EPOCHS, LR = 50, 1e-3
+
+    def __init__(self, epochs: int | None = None, lr: float | None = None):
+        self.epochs = epochs or self.EPOCHS
+        self.lr = lr or self.LR
+
+    def phases(self) -> list[Phase]:
+        return [Phase("elbo", self.epochs, self.lr)]
+
+
+class DefaultRecipe(Recipe):
+    name = "default"
+    GUIDED_EPOCHS, FREE_EPOCHS = 20, 10
+    LR = 1e-3
+    # The plain-ELBO phase runs 10x slower: at the guided rate plain ELBO drifts off the
+    # guided clusters (MNIST seed 0: 0.938 -> 0.929); at a tenth accuracy holds while the
+    # ELBO still improves.
+    FREE_LR_SHARE = 0.1
     # Cross-entropy of p(z|y) against confident pseudo-labels. At 1.0 the GMVAE reproduced
     # the pseudo-clusters loosely (MNIST K=30 seed 1: pseudo 0.953, GMVAE 0.943); at 5.0 it
     # kept them (0.951; K=10 seed 0: 0.945 -> 0.952) at the same ELBO.
-    pseudo_label_weight: float = 5.0
-    confidence: float = 0.9  # pseudo-labels below this responsibility get no cross-entropy
-    umap_dims: int = 5  # 10 dims gave the GMM bimodal restarts (0.81 vs 0.95); 5 is steadier
-    gmm_inits: int = 10  # k-means-initialised restarts, best likelihood kept (unsupervised);
-    # single fits often split one digit and merge two (0.81 vs 0.94 on MNIST)
-    umap_neighbours: int = 20
-    umap_min_rows: int = 500  # below this, no UMAP (its graph is too thin to help), and the
-    # GMM sees the columns themselves where they are no wider than the codes (warm_start)
-    # UMAP's neighbours by exact search up to here (pseudo_responsibilities): 4 s for 30k rows,
-    # 43 s for 100k (square of the rows); pynndescent's ~20 s compile is cheaper past ~50k
-    exact_knn_max_rows: int = 50_000
-    prior_weight_scale: float = 0.01  # shrink β's output weights so every w gives ~ the init
-    autoencoders: int = 2  # codes of independently initialised autoencoders, concatenated:
-    # one autoencoder's codes sometimes merge two digits (MNIST seed 4: 0.82 with UMAP + GMM);
-    # two together gave 0.943-0.949 on every pair tried, including that seed's
+    PSEUDO_LABEL_WEIGHT = 5.0
+    CONFIDENCE = 0.9  # pseudo-labels below this responsibility get no cross-entropy
+
+    def __init__(self, epochs: int | None = None, lr: float | None = None,
+                 warm: warm_start.WarmStartSettings = warm_start.DEFAULT_SETTINGS):
+        gmvae_epochs = self.GUIDED_EPOCHS + self.FREE_EPOCHS
+        self.guided, self.free = scaled_epochs([self.GUIDED_EPOCHS, self.FREE_EPOCHS], epochs)
+        self.lr = lr or self.LR
+        # Pretraining scales with the GMVAE epochs and runs at the base rate.
+        pretrain = warm.pretrain_epochs if epochs is None else \
+            max(1, round(warm.pretrain_epochs * epochs / gmvae_epochs))
+        self.warm = dataclasses.replace(warm, pretrain_epochs=pretrain, pretrain_lr=self.lr)
+        self.targets: torch.Tensor | None = None  # (rows, K) pseudo-responsibilities
+        self.pseudo_labels: torch.Tensor | None = None
+
+    def prepare(self, net, data, *, seed, batch_size, device, report) -> None:
+        rows, numbers = data.sample(data.rows, seed)
+        targets = warm_start.warm_start(net, rows, seed=seed, batch_size=batch_size,
+                                        device=device, report=report, settings=self.warm)
+        self.targets = torch.zeros(data.row_numbers, targets.shape[1])
+        self.targets[numbers] = targets
+        self.pseudo_labels = targets.argmax(1).to(torch.int32)
+
+    def phases(self) -> list[Phase]:
+        phases = [Phase("guided", self.guided, self.lr),
+                  Phase("elbo", self.free, self.lr * self.FREE_LR_SHARE)]
+        return [p for p in phases if p.epochs > 0]
+
+    def start_phase(self, phase: Phase) -> None:
+        if phase.name == "elbo":
+            self.targets = None  # no longer needed: not carried in later checkpoints
+
+    def loss(self, net, y, rows, phase):
+        if phase.name != "guided":
+            return super().loss(net, y, rows, phase)
+        targets = self.targets[rows].to(y.device)  # (B, K)
+        terms = net.elbo_terms(y, cluster_weights=targets, with_assignment=True)
+        confidence, labels = targets.max(-1)
+        # Rows below the cutoff count as zero, not as a smaller batch: no host sync per step.
+        sure = (confidence >= self.CONFIDENCE).to(y.dtype)
+        nll = F.nll_loss(terms.assignment_log_proba, labels, reduction="none")
+        cross_entropy = (nll * sure).sum() / sure.sum().clamp_min(1.0)
+        return -terms.elbo + self.PSEUDO_LABEL_WEIGHT * cross_entropy, terms
+
+    def state_dict(self) -> dict:
+        return {"targets": self.targets, "pseudo_labels": self.pseudo_labels}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.targets, self.pseudo_labels = state["targets"], state["pseudo_labels"]
+
+    def summary(self) -> dict:
+        return {"pseudo_labels": self.pseudo_labels}
 
 
-DEFAULT_SCHEDULE = RecipeSchedule()
-UMAP_SMALL_DATA = 4096  # umap-learn computes all distances itself below this many rows
+RECIPES = {"default": DefaultRecipe, "paper": PaperRecipe}
 
 
-def pretrain_autoencoder(
-    net: GMVAENet,
-    data: torch.Tensor,
-    schedule: RecipeSchedule,
-    batch_size: int,
-    device: torch.device,
-    gen: torch.Generator,
-    report: Report = None,
-) -> None:
-    """Train the encoder's x-mean path and the decoder as a deterministic autoencoder."""
-    params = list(net.encoder.trunk.parameters()) + list(net.encoder.x_head.parameters())
-    params += list(net.decoder.parameters())
-    opt = torch.optim.Adam(params, lr=schedule.pretrain_lr)
-    net.train()
-    for epoch in range(schedule.pretrain_epochs):
-        for idx in batches(len(data), batch_size, gen):
-            y = data[idx].to(device)
-            x_mu = net.encoder(y)[0]
-            loss = -net.decoder.log_likelihood(y, x_mu).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if report:
-            report("pretrain", (epoch + 1) / schedule.pretrain_epochs)
-
-
-@torch.no_grad()
-def encode_means(net: GMVAENet, data: torch.Tensor, device: torch.device) -> torch.Tensor:
-    net.eval()
-    out = [net.encoder(data[i : i + 4096].to(device))[0].cpu() for i in range(0, len(data), 4096)]
-    net.train()
-    return torch.cat(out)
-
-
-def pseudo_responsibilities(codes: np.ndarray, k: int, seed: int, schedule: RecipeSchedule) -> np.ndarray:
-    """UMAP on the codes, then a full-covariance GMM on the embedding: (N, K) responsibilities."""
-    from sklearn.mixture import GaussianMixture
-
-    n, dim = codes.shape
-    if n < k:
-        raise ValueError(f"cannot make {k} clusters from {n} rows")
-    emb = codes
-    # UMAP needs a real neighbourhood graph and only helps when it reduces the dimension;
-    # on tiny tables it is also mostly numba compile time, so the GMM sees the codes directly.
-    if n >= schedule.umap_min_rows and dim > schedule.umap_dims:
-        os.environ.setdefault("NUMBA_NUM_THREADS", str(torch.get_num_threads()))
-        import umap  # slow to import (numba); only the warm start needs it
-
-        neighbours = min(schedule.umap_neighbours, n - 1)
-        # Exact neighbours by matrix products (0.5 s for 10k rows) instead of UMAP's own
-        # approximate search (pynndescent, from 4,096 rows; below it UMAP is exact itself),
-        # which spends ~20 s of every run compiling numba code.
-        exact = None
-        if UMAP_SMALL_DATA <= n <= schedule.exact_knn_max_rows:
-            exact = exact_neighbours(codes, neighbours)
-        reducer = umap.UMAP(
-            n_components=schedule.umap_dims,
-            n_neighbors=neighbours,
-            min_dist=0.0,  # tight clumps: what a GMM separates best
-            random_state=seed,  # reproducible, which makes UMAP single-threaded
-            n_jobs=1,
-            precomputed_knn=exact or (None, None, None),
-        )
-        with warnings.catch_warnings():  # UMAP's notes are not for our users' stderr
-            warnings.simplefilter("ignore")
-            emb = reducer.fit_transform(codes)
-    gmm = GaussianMixture(
-        k, covariance_type="full", random_state=seed, n_init=schedule.gmm_inits, reg_covar=1e-4
-    ).fit(emb)
-    return gmm.predict_proba(emb)
-
-
-@torch.no_grad()
-def exact_neighbours(
-    codes: np.ndarray, k: int, block_elements: int = 2**25
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's k nearest rows, nearest first (itself, or a duplicate of it), and their
-    Euclidean distances, as UMAP's `precomputed_knn` takes them; blocks of rows keep each
-    block's distance matrix near 128 MB."""
-    x = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32))
-    squared = (x * x).sum(1)
-    index = np.empty((len(x), k), dtype=np.int64)
-    distance = np.empty((len(x), k), dtype=np.float32)
-    block = max(1, block_elements // len(x))
-    for start in range(0, len(x), block):
-        rows = slice(start, start + block)
-        d2 = (squared[rows, None] - 2.0 * x[rows] @ x.T + squared[None, :]).clamp_min_(0.0)
-        # A row's distance to itself must be exactly 0 (rounding leaves ~1e-3): UMAP takes
-        # the first non-zero distance as the nearest neighbour's.
-        d2[torch.arange(d2.shape[0]), torch.arange(start, start + d2.shape[0])] = 0.0
-        nearest, at = torch.topk(d2, k, dim=1, largest=False)  # sorted, nearest first
-        index[rows], distance[rows] = at.numpy(), nearest.sqrt().numpy()
-    return index, distance
-
-
-@torch.no_grad()
-def init_prior(net: GMVAENet, codes: torch.Tensor, resp: torch.Tensor, schedule: RecipeSchedule) -> None:
-    """Make every w map to the clusters' code means and variances (β's output biases)."""
-    nk = resp.sum(0).clamp_min(1e-6)  # (K,)
-    means = (resp.T @ codes) / nk[:, None]  # (K, x_dim)
-    var = (resp.T @ codes.pow(2)) / nk[:, None] - means.pow(2)
-    var = var.clamp_min(1e-4 * codes.var(0).mean())
-    p = net.prior
-    for layer, value in ((p.means, means), (p.logvars, var.log())):
-        layer.weight.mul_(schedule.prior_weight_scale)
-        layer.bias.copy_(value.reshape(-1).to(layer.bias.device))
-
-
-def warm_start(
-    net: GMVAENet,
-    data: torch.Tensor,
-    *,
-    seed: int,
-    batch_size: int,
-    device: torch.device,
-    report: Report = None,
-    schedule: RecipeSchedule = DEFAULT_SCHEDULE,
-) -> torch.Tensor:
-    """Pretrain `net` in place, initialise its prior network, return (N, K) pseudo-responsibilities.
-
-    The pseudo-responsibilities come from UMAP + GMM on the codes of `net` and of
-    `schedule.autoencoders - 1` more autoencoders of the same shape, trained only for this;
-    for a small table no wider than those codes, from a GMM on its own standardised columns.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    # Codes learnt from a few hundred rows add noise, and no reduction to a narrow table: the
-    # GMM clusters its columns instead (mean ARI, seeds 0-3: iris 0.61 -> 0.92, wine 0.82 ->
-    # 0.88; docs/benchmarks.md), and only the GMVAE's own autoencoder is pretrained.
-    on_inputs = (len(data) < schedule.umap_min_rows
-                 and data.shape[1] <= schedule.autoencoders * net.cfg.x_dim)
-    autoencoders = 1 if on_inputs else schedule.autoencoders
-    codes = _pretrained_codes(net, data, schedule, batch_size, device, gen, report, 0, autoencoders)
-    views = [data.float() if on_inputs else codes]
-    for extra in range(1, autoencoders):
-        helper = GMVAENet(net.cfg).to(device)  # same shape, its own initialisation
-        views.append(_pretrained_codes(helper, data, schedule, batch_size, device, gen, report,
-                                       extra, autoencoders))
-    if report:
-        report("umap", 0.0)
-    # Standardise each view so every autoencoder weighs the same in the neighbourhood graph.
-    joined = torch.cat([_standardised(v) for v in views], dim=1)
-    resp = pseudo_responsibilities(joined.numpy(), net.cfg.k, seed, schedule)
-    resp_t = torch.from_numpy(resp).float()
-    init_prior(net, codes, resp_t, schedule)
-    if report:
-        report("umap", 1.0)
-    return resp_t
-
-
-def _standardised(values: torch.Tensor) -> torch.Tensor:
-    return (values - values.mean(0)) / values.std(0).clamp_min(1e-8)
-
-
-def _pretrained_codes(net, data, schedule, batch_size, device, gen, report, index: int, count: int):
-    stage = "pretrain" if count == 1 else f"pretrain {index + 1}/{count}"
-    pretrain_autoencoder(net, data, schedule, batch_size, device, gen,
-                         (lambda _, f: report(stage, f)) if report else None)
-    return encode_means(net, data, device)
-
-
-def guided_loss(
-    net: GMVAENet, y: torch.Tensor, responsibilities: torch.Tensor, schedule: RecipeSchedule
-) -> tuple[torch.Tensor, ELBOTerms]:
-    """Negative ELBO with the pseudo-responsibilities weighting the conditional prior, plus a
-    cross-entropy pulling the deterministic p(z|y) (the one used to assign) to confident labels."""
-    terms = net.elbo_terms(y, cluster_weights=responsibilities)
-    loss = -terms.elbo
-    if schedule.pseudo_label_weight > 0:
-        conf, labels = responsibilities.max(-1)
-        mask = conf >= schedule.confidence
-        if mask.any():
-            x_mu, _, w_mu, _ = net.encoder(y)
-            means, logvars = net.prior(w_mu)
-            log_pz = log_cluster_posterior(x_mu, means, logvars)
-            ce = F.nll_loss(log_pz[mask], labels[mask])
-            loss = loss + schedule.pseudo_label_weight * ce
-    return loss, terms
+def make(name: str, epochs: int | None = None, lr: float | None = None) -> Recipe:
+    return RECIPES[name](epochs=epochs, lr=lr)

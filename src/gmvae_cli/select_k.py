@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gmvae_cli import plots
 from gmvae_cli.api import GMVAE, as_frame
 from gmvae_cli.data import read_table
 from gmvae_cli.errors import UserError
@@ -315,15 +314,10 @@ def plot(sweep: Sweep, path: str) -> None:
             ax.axvline(sweep.chosen_k, color="tab:red", alpha=0.4)
     fig.suptitle(f"recommended K = {sweep.recommended}")
     fig.tight_layout()
-    folder = Path(path).resolve().parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".png", dir=folder)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
+        plots.save_figure(fig, path)
     finally:
         plt.close(fig)
-        Path(tmp).unlink(missing_ok=True)
 
 
 # -- the command ---------------------------------------------------------------------------
