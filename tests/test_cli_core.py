@@ -168,3 +168,169 @@ def test_library_api_matches_cli(tmp_path, blobs):
     again = GMVAE.load(str(tmp_path / "api.pt"))
     np.testing.assert_array_equal(again.predict(frame), clusters)
     assert set(model.score(frame)) >= {"elbo", "reconstruction", "conditional_prior", "w_prior", "z_prior"}
+
+
+# -- inputs a pipeline hands over, and outputs a user made ------------------------------------
+
+
+def test_integer_column_names_are_left_alone_and_predict(blobs):
+    """fit must not rename the caller's columns, and a frame with integer names predicts."""
+    from gmvae_cli.api import GMVAE
+
+    frame = blobs[0].iloc[:400].copy()
+    frame.columns = range(frame.shape[1])
+    before = list(frame.columns)
+    model = GMVAE(k=5, recipe="paper", hidden=(16,), epochs=2, seed=0).fit(frame)
+    assert list(frame.columns) == before
+    assert model.preprocessor_.columns == [str(c) for c in before]
+    assert len(model.predict(frame)) == len(frame)
+
+
+def _feed_fifo(path: Path, text: str) -> None:
+    """Write text into a named pipe from a thread, as `<(zcat data.csv.gz)` would."""
+    import threading
+
+    os.mkfifo(path)
+
+    def write():
+        with open(path, "w") as pipe:
+            pipe.write(text)
+
+    threading.Thread(target=write, daemon=True).start()
+
+
+@pytest.mark.timeout(120)
+def test_named_pipes_are_read_as_streams(tmp_path, blobs):
+    frame, labels = blobs
+    text = frame.to_csv(index=False)
+    _feed_fifo(tmp_path / "train.pipe", text)
+    model = tmp_path / "model.pt"
+    result = run_cli("train", tmp_path / "train.pipe", "--format", "csv", "--k", 5, "-o", model, *FAST_TRAIN)
+    assert result.exit_code == 0, result.stderr
+    _feed_fifo(tmp_path / "assign.pipe", text)
+    result = run_cli("assign", model, tmp_path / "assign.pipe", "--format", "csv")
+    assert result.exit_code == 0, result.stderr
+    clusters = pd.read_csv(io.StringIO(result.stdout))["cluster"]
+    assert adjusted_rand_score(labels, clusters) >= 0.9
+
+
+def test_stream_refuses_a_pipe(tmp_path, blobs):
+    _feed_fifo(tmp_path / "train.pipe", blobs[0].iloc[:50].to_csv(index=False))
+    result = run_cli("train", tmp_path / "train.pipe", "--format", "csv", "--stream", *FAST_TRAIN)
+    assert result.exit_code == 2
+    assert "pass a file path, not - (stdin) or a pipe" in result.stderr
+    with open(tmp_path / "train.pipe") as pipe:  # let the writer thread finish
+        pipe.read()
+
+
+@pytest.mark.parametrize("text", ["a,a,b\n1,2,3\n4,5,6\n", "x,a,b,a\n1,2,3,4\n5,6,7,8\n"])
+def test_duplicate_column_names_are_refused(tmp_path, text):
+    (tmp_path / "dup.csv").write_text(text)
+    result = run_cli("train", tmp_path / "dup.csv", "-o", tmp_path / "m.pt", *FAST_TRAIN)
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: {tmp_path / 'dup.csv'} has duplicate column names: 'a' (2×); "
+                             "rename them so that every column has its own name\n")
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.mark.parametrize("suffix", [".csv.gz", ".csv.bz2", ".csv.xz"])
+def test_compressed_csv_by_suffix_in_every_command(tmp_path, blobs, suffix):
+    frame, labels = blobs
+    data = tmp_path / f"blobs{suffix}"
+    frame.assign(label=labels).to_csv(data, index=False)  # pandas compresses by suffix
+    model = tmp_path / "model.pt"
+    result = run_cli("train", data, "--k", 5, "--exclude", "label", "-o", model, *FAST_TRAIN)
+    assert result.exit_code == 0, result.stderr
+    assigned = run_cli("assign", model, data)
+    assert assigned.exit_code == 0, assigned.stderr
+    clusters = pd.read_csv(io.StringIO(assigned.stdout))["cluster"]
+    assert adjusted_rand_score(labels, clusters) >= 0.9
+    embedded = run_cli("embed", model, data)
+    assert embedded.exit_code == 0 and len(pd.read_csv(io.StringIO(embedded.stdout))) == len(frame)
+    report = run_cli("evaluate", model, data, "--labels", "label", "--json")
+    assert report.exit_code == 0, report.stderr
+    assert json.loads(report.stdout)["labels"]["ari"] >= 0.9
+
+
+def test_existing_checkpoint_is_kept_unless_forced(tmp_path, blobs):
+    data = tmp_path / "blobs.csv"
+    blobs[0].iloc[:300].to_csv(data, index=False)
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"a model someone trained for a week")
+    result = run_cli("train", data, "--k", 5, "-o", model, *FAST_TRAIN)
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: {model} already exists; pass --force to replace it, "
+                             "--resume to continue its run, or choose another -o path\n")
+    assert model.read_bytes() == b"a model someone trained for a week"
+    result = run_cli("train", data, "--k", 5, "-o", model, "--force", *FAST_TRAIN)
+    assert result.exit_code == 0, result.stderr
+    assert checkpoint.load(str(model))["config"]["k"] == 5
+
+
+def test_exclude_leaves_columns_out_and_assign_does_not_need_them(tmp_path, blobs):
+    frame, labels = blobs
+    data = tmp_path / "blobs.csv"
+    frame.to_csv(data, index=False)
+    model = tmp_path / "model.pt"
+    result = run_cli("train", data, "--k", 5, "--exclude", "c0,c3", "-o", model, *FAST_TRAIN)
+    assert result.exit_code == 0, result.stderr
+    columns = checkpoint.load(str(model))["preprocess"]["columns"]
+    assert columns == [c for c in frame.columns if c not in ("c0", "c3")]
+    fewer = tmp_path / "fewer.csv"
+    frame.drop(columns=["c0", "c3"]).to_csv(fewer, index=False)
+    result = run_cli("assign", model, fewer)
+    assert result.exit_code == 0, result.stderr
+    clusters = pd.read_csv(io.StringIO(result.stdout))["cluster"]
+    assert adjusted_rand_score(labels, clusters) >= 0.9
+
+
+def test_assign_with_monte_carlo_samples(trained_model, blobs_csv):
+    """--mc-samples > 0 averages p(z|x,w) over draws: probabilities that sum to one, a
+    cluster that is their argmax, the same answer on a rerun, and (on well-separated blobs)
+    nearly the same clusters as the posterior means give."""
+    runs = [run_cli("assign", trained_model, blobs_csv, "--probs", "--mc-samples", 20) for _ in range(2)]
+    assert all(r.exit_code == 0 for r in runs), runs[0].stderr
+    assert runs[0].stdout == runs[1].stdout
+    table = pd.read_csv(io.StringIO(runs[0].stdout))
+    probs = table.filter(like="prob_").to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(probs.argmax(1), table["cluster"])
+    means = pd.read_csv(io.StringIO(run_cli("assign", trained_model, blobs_csv).stdout))
+    assert (means["cluster"] == table["cluster"]).mean() >= 0.99
+
+
+def test_parquet_output_keeps_the_first_chunks_types(trained_model, blobs, tmp_path):
+    """CSV chunks are typed one by one: integer ids that gain a gap in a later chunk are
+    written as integers with a null; ids that turn to text cannot be, and say so."""
+    frame = blobs[0].iloc[:300].copy()
+    frame.insert(0, "id", np.arange(300, dtype=float))
+    frame.loc[250, "id"] = np.nan  # only the third chunk of 100 rows reads as floats
+    frame.to_csv(tmp_path / "gap.csv", index=False)
+    out = tmp_path / "out.parquet"
+    result = run_cli("assign", trained_model, tmp_path / "gap.csv", "--id-column", "id",
+                     "--batch-size", 100, "-o", out)
+    assert result.exit_code == 0, result.stderr
+    written = pd.read_parquet(out)
+    assert str(written["id"].dtype) == "int64" or written["id"].isna().sum() == 1
+    assert written["id"].isna().sum() == 1 and written["id"].iloc[0] == 0
+    ids = frame["id"].astype(object)
+    ids.iloc[250] = "x-250"
+    frame.assign(id=ids).to_csv(tmp_path / "text.csv", index=False)
+    out.unlink()
+    result = run_cli("assign", trained_model, tmp_path / "text.csv", "--id-column", "id",
+                     "--batch-size", 100, "-o", out)
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: column 'id' changes type within the input")
+    assert result.stderr.count("\n") == 1 and not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_every_command_has_help_with_an_example():
+    from gmvae_cli.cli import app
+
+    names = [c.name or c.callback.__name__ for c in app.registered_commands]
+    assert len(names) >= 7
+    for name in names:
+        result = run_cli(name, "--help")
+        assert result.exit_code == 0, name
+        assert "Example:" in result.stdout, name

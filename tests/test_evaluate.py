@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cli
-from gmvae_cli import plots
+from conftest import FAST_TRAIN, run_cli
+from gmvae_cli import checkpoint, plots
 from gmvae_cli.api import GMVAE
 from gmvae_cli.metrics import hungarian_accuracy, label_report, majority_accuracy
 
@@ -112,12 +112,22 @@ def test_evaluate_table_for_people(trained_model, labelled_csv):
         assert text in result.stdout
 
 
-def test_label_column_is_not_a_feature(trained_model, labelled_csv, blobs_csv):
-    """Same numbers with the label column in DATA as without it: it never reaches the model."""
-    with_labels = json.loads(run_cli("evaluate", trained_model, labelled_csv, "--labels", "label", "--json").stdout)
-    without = json.loads(run_cli("evaluate", trained_model, blobs_csv, "--json").stdout)
-    assert with_labels["score"] == without["score"]
-    assert with_labels["cluster_sizes"] == without["cluster_sizes"]
+def test_label_column_is_not_a_feature(tmp_path, labelled_csv):
+    """A numeric label column becomes a feature unless --exclude names it, and evaluate
+    refuses to score a model that saw its labels in training."""
+    leaky, clean = tmp_path / "leaky.pt", tmp_path / "clean.pt"
+    assert run_cli("train", labelled_csv, "--k", 5, "-o", leaky, *FAST_TRAIN).exit_code == 0
+    assert run_cli("train", labelled_csv, "--k", 5, "--exclude", "label", "-o", clean,
+                   *FAST_TRAIN).exit_code == 0
+    assert "label" in checkpoint.load(str(leaky))["preprocess"]["columns"]
+    assert "label" not in checkpoint.load(str(clean))["preprocess"]["columns"]
+    refused = run_cli("evaluate", leaky, labelled_csv, "--labels", "label")
+    assert refused.exit_code == 2
+    assert refused.stderr == ("error: label column 'label' is one of the model's features, so "
+                              "the model saw the labels in training; retrain with --exclude label\n")
+    scored = run_cli("evaluate", clean, labelled_csv, "--labels", "label", "--json")
+    assert scored.exit_code == 0, scored.stderr
+    assert json.loads(scored.stdout)["labels"]["ari"] >= 0.9
 
 
 def test_unlabelled_elbo_matches_score(trained_model, blobs_csv):

@@ -295,3 +295,51 @@ def test_same_seed_same_bytes(small_csv):
     assert other.exit_code == 0
     run_cli("assign", "c.pt", small_csv, "--probs", "-o", "c.pt.csv")
     assert Path("c.pt.csv").read_bytes() != Path("a.pt.csv").read_bytes()  # the seed matters
+
+
+def test_resume_keeps_the_id_column(small_csv, monkeypatch):
+    """An interrupted run with --id-column, resumed: assign still writes the ids."""
+    frame = pd.read_csv(small_csv)
+    frame.insert(0, "sample", [f"s{i:03d}" for i in range(len(frame))])
+    frame.to_csv("ids.csv", index=False)
+    args = ["train", "ids.csv", "--k", "3", "--epochs", "4", "--id-column", "sample", *TINY]
+    real_save = checkpoint.save
+
+    def save_then_interrupt(path, payload):
+        real_save(path, payload)
+        if payload["training"] and payload["training"]["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save", save_then_interrupt)
+    assert run_cli(*args, "-o", "ids.pt").exit_code == 130
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    assert run_cli(*args, "-o", "ids.pt", "--resume").exit_code == 0
+    assert checkpoint.load("ids.pt")["id_column"] == "sample"
+    out = pd.read_csv(io.StringIO(run_cli("assign", "ids.pt", "ids.csv").stdout))
+    assert list(out.columns[:1]) == ["sample"]
+    assert out["sample"].tolist() == frame["sample"].tolist()
+
+
+def test_restarts_keep_the_best_elbo(small_csv, monkeypatch):
+    """Three restarts: the model kept is the one whose mean ELBO was highest."""
+    from gmvae_cli import train
+    from gmvae_cli.api import GMVAE
+
+    seen = []
+    real = train.evaluate_terms
+
+    def spy(net, data, seed=0):
+        terms = real(net, data, seed)
+        seen.append((terms["elbo"], {k: v.clone() for k, v in net.state_dict().items()}))
+        return terms
+
+    monkeypatch.setattr(train, "evaluate_terms", spy)
+    model = GMVAE(k=3, recipe="paper", hidden=(8, 8), x_dim=2, w_dim=2, epochs=3,
+                  restarts=3, seed=5).fit(pd.read_csv(small_csv))
+    elbos = [elbo for elbo, _ in seen[:3]]
+    best = int(np.argmax(elbos))
+    assert len(set(elbos)) == 3  # the restarts really differ
+    assert model.terms_["elbo"] == elbos[best]
+    assert {h["restart"] for h in model.history_} == {best}
+    for name, tensor in model.net_.state_dict().items():
+        assert torch.equal(tensor, seen[best][1][name]), name

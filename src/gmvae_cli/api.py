@@ -21,14 +21,14 @@ import torch
 
 from gmvae_cli import checkpoint, devices, distributed, recipe
 from gmvae_cli.batching import EVAL_BATCH
-from gmvae_cli.data import DEFAULT_CHUNK_ROWS, iter_table, read_table
+from gmvae_cli.data import DEFAULT_CHUNK_ROWS
 from gmvae_cli.errors import UserError
 from gmvae_cli.model import GMVAENet, ModelConfig
 from gmvae_cli.preprocess import Preprocessor, choose_columns, named_columns
 from gmvae_cli.progress import Reporter
 from gmvae_cli.settings import TrainSettings, check
-from gmvae_cli.sources import InMemoryRows
-from gmvae_cli.stream import ChunkStream, check_streamable
+from gmvae_cli.sources import InMemoryRows, as_frame, open_table
+from gmvae_cli.stream import ChunkStream
 from gmvae_cli.train import Trainer, evaluate_terms
 
 # A cluster holding less than this share of the rows counts as empty (collapse warnings).
@@ -99,32 +99,19 @@ class GMVAE:
         shuffled chunks from disk at every epoch: the same training either way)."""
         device = devices.resolve(self.device)
         started = time.perf_counter()
-        if stream:
-            if not isinstance(data, str):
-                raise UserError("stream=True trains from a file: pass its path")
-            check(chunk_rows=chunk_rows)
-            check_streamable(data)
-            chunks = lambda columns=None: iter_table(data, fmt, key, chunk_rows, columns)
-        else:
-            frame = named_columns(read_table(data, fmt, key) if isinstance(data, str) else as_frame(data))
-            chunks = lambda columns=None: iter([frame])
+        table = open_table(data, stream, fmt, key, chunk_rows)
         resume_state = None
         if resume:
             resume_state = self._restore_for_resume(checkpoint_path)
         else:
-            first = next(chunks()) if not stream else \
-                next(iter_table(data, fmt, key, chunk_rows=min(chunk_rows, 1000)))
-            chosen = choose_columns(first, columns, exclude, id_column, note)
+            chosen = choose_columns(table.first(), columns, exclude, id_column, note)
             self.id_column_ = id_column
-            self.preprocessor_, kept = Preprocessor.fit(chunks(chosen), chosen, self.missing,
-                                                        self.likelihood)
+            self.preprocessor_, kept = Preprocessor.fit(table.chunks(chosen), chosen,
+                                                        self.missing, self.likelihood)
             self.config = replace(self.config, input_dim=len(chosen),
                                   likelihood=self.preprocessor_.likelihood)
             check_rows(kept, self.config.k)
-        if stream:
-            rows = ChunkStream(data, self.preprocessor_, fmt, key, chunk_rows)
-        else:
-            rows = InMemoryRows(self.preprocessor_.transform(frame)[0])
+        rows = table.rows(self.preprocessor_)
         self.timings_ = {"read": time.perf_counter() - started}
         return self._train(rows, device, checkpoint_path, resume_state, reporter, note)
 
@@ -262,20 +249,12 @@ class GMVAE:
 
         net.eval()
         device = devices.of(net)
-        cuda = [device] if device.type == "cuda" else []
-        parts = []
-        with torch.random.fork_rng(devices=cuda, enabled=seed is not None):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
+                                   enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            for start in range(0, n, EVAL_BATCH):
-                idx = torch.from_numpy(labels[start : start + EVAL_BATCH]).to(device)
-                out, logvar = net.sample(idx)  # (batch, D)
-                if bernoulli and binary:
-                    out = (out >= 0.5).float() if mean else torch.bernoulli(out)
-                elif not bernoulli and not mean:
-                    out = out + torch.randn_like(out) * (0.5 * logvar).exp()
-                parts.append(out.cpu().double().numpy())
-        values = np.concatenate(parts)
+            values = self._batched(labels, lambda idx: net.sample(idx, mean, binary),
+                                   self.config.input_dim).astype(np.float64)
         if not bernoulli:
             values = self.preprocessor_.inverse(values)
         columns = self.preprocessor_.columns
@@ -346,14 +325,3 @@ def check_rows(rows: int, k: int) -> None:
                         "use a smaller --k or more data")
     if rows < 2:  # batch norm cannot train on a single row
         raise UserError(f"training needs at least 2 rows but got {rows}; add more rows")
-
-
-def as_frame(table: pd.DataFrame | np.ndarray) -> pd.DataFrame:
-    """Arrays get column names f0, f1, … (as HDF5 tables do), so both kinds of input match."""
-    if isinstance(table, pd.DataFrame):
-        return table
-    array = np.asarray(table)
-    if array.ndim != 2:
-        raise UserError(f"expected a 2-D table (rows × features), got shape {array.shape}")
-    names = [f"f{i}" for i in range(array.shape[1])]
-    return pd.DataFrame(array, columns=names)

@@ -179,7 +179,8 @@ def assign(
     output: Output = None,
     probs: Annotated[bool, typer.Option("--probs", help="Add prob_0 … prob_{K-1}.")] = False,
     id_column: IdColumn = None,
-    mc_samples: Annotated[int, typer.Option(help="0: posterior means (deterministic); else samples.")] = 0,
+    mc_samples: Annotated[int, typer.Option(help="0: posterior means (deterministic); else the mean of p(z|x,w) over this many draws of x and w (seeded by --seed).")] = 0,
+    seed: Seed = 0,
     batch_size: BatchSize = 65536,
     device: Device = "auto",
     fmt: Format = None,
@@ -196,7 +197,7 @@ def assign(
         model_path, data, output,
         lambda model: assign_columns(model, probs=probs, mc_samples=mc_samples),
         description="assigning", id_column=id_column, batch_size=batch_size, device=device,
-        fmt=fmt, key=key, quiet=quiet,
+        fmt=fmt, key=key, quiet=quiet, seed=seed,
     )
 
 

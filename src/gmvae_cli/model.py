@@ -263,12 +263,11 @@ class GMVAENet(nn.Module):
         return x_mu, w_mu
 
     @torch.no_grad()
-    def sample(self, clusters: torch.Tensor):
-        """Decode one draw of x from each named component k (n,), with w ~ N(0, I).
-
-        Returns (decoder mean, log-variance) for Gaussian rows, (probabilities, None) for
-        Bernoulli rows; the caller decides whether to add the decoder's own noise.
-        """
+    def sample(self, clusters: torch.Tensor, mean: bool = False, binary: bool = False):
+        """One new row from each named component k (n,): w ~ N(0, I), x ~ p(x | w, k),
+        then the decoder. Gaussian rows add the decoder's noise unless `mean`; Bernoulli
+        rows are probabilities, or 0/1 draws with `binary` (the most likely value with
+        `mean` as well). (n, D), in the model's scaled space."""
         n = clusters.shape[0]
         w = torch.randn(n, self.cfg.w_dim, device=clusters.device)
         means, logvars = self.prior(w)  # (n, K, x_dim)
@@ -278,5 +277,8 @@ class GMVAENet(nn.Module):
         x = mu_k + torch.randn_like(mu_k) * (0.5 * logvar_k).exp()
         out, logvar = self.decoder(x)
         if self.cfg.likelihood == "bernoulli":
-            return torch.sigmoid(out), None
-        return out, logvar
+            p = torch.sigmoid(out)
+            if not binary:
+                return p
+            return (p >= 0.5).float() if mean else torch.bernoulli(p)
+        return out if mean else out + torch.randn_like(out) * (0.5 * logvar).exp()

@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pandas as pd
+import torch
 
+from gmvae_cli import devices
 from gmvae_cli.api import GMVAE
 from gmvae_cli.data import TableWriter, count_rows, is_pipe, iter_table, read_ahead
 from gmvae_cli.errors import UserError
@@ -88,11 +90,17 @@ def write_per_row(
     fmt: str | None,
     key: str | None,
     quiet: bool,
+    seed: int = 0,
 ) -> None:
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     model = GMVAE.load(model_path, device=device)
-    with TableWriter(output, inputs=(data, model_path)) as writer:
+    # Monte-Carlo draws (assign --mc-samples) come from `seed`: the same command, data and
+    # device give the same output, as training does.
+    cuda = [devices.of(model.net_)] if devices.of(model.net_).type == "cuda" else []
+    with TableWriter(output, inputs=(data, model_path)) as writer, \
+            torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed)
         # Only the model's columns (and an id column) are read, where the format allows it.
         wanted = [*model.preprocessor_.columns, *(c for c in (id_column, model.id_column_) if c)]
         chunks = iter_table(data, fmt, key, chunk_rows=batch_size, columns=wanted)

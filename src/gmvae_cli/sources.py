@@ -18,13 +18,20 @@ business, not the loop's.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 
 from gmvae_cli import distributed
-from gmvae_cli.batching import index_batches
+from gmvae_cli.batching import index_batches, uniform_sample
+from gmvae_cli.data import iter_table, read_table
+from gmvae_cli.errors import UserError
+from gmvae_cli.preprocess import Preprocessor, named_columns
+from gmvae_cli.settings import check
+from gmvae_cli.stream import ChunkStream, check_streamable
 
 
 class InMemoryRows:
@@ -59,20 +66,42 @@ class InMemoryRows:
         return uniform_sample(parts, n, seed, self.matrix.shape[1])
 
 
-def uniform_sample(
-    parts: Iterable[tuple[np.ndarray, np.ndarray]], n: int, seed: int, width: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Up to n rows of (rows, row numbers) parts, uniformly without replacement, in row
-    order: every row draws a random key and the n smallest keys stay (bottom-k sampling),
-    so one pass holds at most n rows and a part, whatever the number of rows."""
-    rng = np.random.default_rng(seed)
-    rows, numbers, keys = np.zeros((0, width), np.float32), np.zeros(0, np.int64), np.zeros(0)
-    for matrix, found in parts:
-        rows = np.concatenate([rows, matrix])
-        numbers = np.concatenate([numbers, found])
-        keys = np.concatenate([keys, rng.random(len(matrix))])
-        if len(keys) > n:
-            smallest = np.argpartition(keys, n)[:n]
-            rows, numbers, keys = rows[smallest], numbers[smallest], keys[smallest]
-    order = np.argsort(numbers, kind="stable")
-    return torch.from_numpy(rows[order]), torch.from_numpy(numbers[order])
+@dataclass
+class Table:
+    """A table to train on, before preprocessing: its first chunk (to choose the columns),
+    its chunks (for the statistics) and, once the preprocessing is fitted, its rows."""
+
+    first: Callable[[], pd.DataFrame]
+    chunks: Callable[[list[str]], Iterator[pd.DataFrame]]
+    rows: Callable[[Preprocessor], InMemoryRows | ChunkStream]
+
+
+def open_table(data, stream: bool, fmt: str | None, key: str | None, chunk_rows: int) -> Table:
+    """A DataFrame, an array or a file read whole; with `stream`, a file read in chunks
+    from disk at every epoch. Everything after this is the same for both."""
+    if not stream:
+        if isinstance(data, str):
+            data = read_table(data, fmt, key)
+        frame = named_columns(as_frame(data))
+        return Table(lambda: frame, lambda columns: iter([frame]),
+                     lambda pre: InMemoryRows(pre.transform(frame)[0]))
+    if not isinstance(data, str):
+        raise UserError("stream=True trains from a file: pass its path")
+    check(chunk_rows=chunk_rows)
+    check_streamable(data)
+    return Table(
+        lambda: next(iter_table(data, fmt, key, chunk_rows=min(chunk_rows, 1000))),
+        lambda columns: iter_table(data, fmt, key, chunk_rows, columns),
+        lambda pre: ChunkStream(data, pre, fmt, key, chunk_rows),
+    )
+
+
+def as_frame(table: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+    """Arrays get column names f0, f1, … (as HDF5 tables do), so both kinds of input match."""
+    if isinstance(table, pd.DataFrame):
+        return table
+    array = np.asarray(table)
+    if array.ndim != 2:
+        raise UserError(f"expected a 2-D table (rows × features), got shape {array.shape}")
+    names = [f"f{i}" for i in range(array.shape[1])]
+    return pd.DataFrame(array, columns=names)

@@ -1,6 +1,6 @@
 """Training on tables larger than memory: the rows of a file as a shuffled stream of chunks
-read from disk, the second implementation of the training data (sources.py has the first,
-a table in memory).
+read from disk, the second implementation of the training data (sources.py says what they offer;
+sources.InMemoryRows is the first, a table in memory).
 
 A file is cut into units the format can read on their own: a Parquet row group, an HDF5 slice
 of `chunk_rows` rows, or a run of `chunk_rows` CSV lines found by one scan for line ends. Each
@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from gmvae_cli import distributed
+from gmvae_cli.batching import uniform_sample
 from gmvae_cli.data import (
     DEFAULT_CHUNK_ROWS,
     _pick_hdf5_dataset,
@@ -34,7 +35,6 @@ from gmvae_cli.data import (
 )
 from gmvae_cli.errors import UserError
 from gmvae_cli.preprocess import Preprocessor
-from gmvae_cli.sources import uniform_sample
 
 SHUFFLE_CHUNKS = 4  # rows are shuffled within a buffer of this many chunks
 # Stream automatically when the file takes more than this share of the machine's memory.
