@@ -334,3 +334,29 @@ def test_every_command_has_help_with_an_example():
         result = run_cli(name, "--help")
         assert result.exit_code == 0, name
         assert "Example:" in result.stdout, name
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--help"], None),
+        (["train", "--help"], None),
+        (["train", "big.parquet", "--recipe", "papr"], "error: --recipe 'papr' is not known; use default|paper"),
+        (["train", "big.parquet", "--missing", "zero"], "error: --missing 'zero' is not known; use error|drop|mean"),
+        (["train", "big.parquet", "--likelihood", "poisson"],
+         "error: --likelihood 'poisson' is not known; use auto|gaussian|bernoulli"),
+        (["train", "big.parquet", "--device", "tpu"], "error: --device 'tpu' is not known; use auto, cpu, cuda or mps"),
+        (["train", "big.parquet", "--epochs", "0"], "error: --epochs must be at least 1, got 0"),
+        (["select-k", "big.parquet", "--recipe", "papr"], "error: --recipe 'papr' is not known; use default|paper"),
+    ],
+)
+def test_options_are_checked_before_torch_or_the_data_is_loaded(tmp_path, args, message):
+    """Help and a mistyped option answer without importing torch or reading the table
+    (big.parquet does not even exist: the option is the first thing checked)."""
+    probe = ("import sys\nfrom gmvae_cli.cli import app\ntry:\n    app()\nexcept SystemExit as e:\n"
+             "    print(e.code, 'torch' in sys.modules)\n")
+    result = subprocess.run([sys.executable, "-c", probe, *args], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.stdout.splitlines()[-1] == ("0 False" if message is None else "2 False")
+    if message is not None:
+        assert result.stderr == message + "\n"

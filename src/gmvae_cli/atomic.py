@@ -37,9 +37,21 @@ def _temporary(path: str, what: str) -> str:
 
 def check_writable(path: str, what: str = "") -> None:
     """Fail early, before any work, where `path` could not be written later."""
-    if Path(path).is_dir():
-        raise UserError(f"cannot write {what}{path}: it is a directory; pass a file path")
     Path(_temporary(path, what)).unlink(missing_ok=True)
+
+
+def check_checkpoint_target(path: str, inputs: tuple[str, ...] = (), replace: bool = False) -> None:
+    """Fail early (before training) if a checkpoint could not or should not be written to
+    `path`: an existing file is a model someone trained, kept unless `replace` is given
+    (--force, or --resume of that very run)."""
+    if Path(path).is_dir():
+        raise UserError(f"cannot write checkpoint {path}: it is a directory; pass a file such as model.pt")
+    if any(same_file(given, path) for given in inputs):
+        raise UserError(f"checkpoint {path} is also the input data; write to another -o path")
+    if Path(path).exists() and not replace:
+        raise UserError(f"{path} already exists; pass --force to replace it, --resume to "
+                        "continue its run, or choose another -o path")
+    check_writable(path, "checkpoint ")
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from gmvae_cli import __version__
-from gmvae_cli.atomic import atomic_write, check_writable, same_file
+from gmvae_cli.atomic import atomic_write
 from gmvae_cli.errors import UserError
 
 FORMAT = "gmvae-checkpoint"
@@ -27,20 +27,6 @@ def save(path: str, payload: dict) -> None:
                "package_version": __version__, **payload}
     with atomic_write(path, "checkpoint ", hold_signals=True) as tmp, open(tmp, "wb") as handle:
         torch.save(payload, handle)
-
-
-def check_target(path: str, inputs: tuple[str, ...] = (), replace: bool = False) -> None:
-    """Fail early (before training) if the checkpoint could not or should not be written to
-    `path`: an existing file is a model someone trained, kept unless `replace` is given
-    (--force, or --resume of that very run)."""
-    if Path(path).is_dir():
-        raise UserError(f"cannot write checkpoint {path}: it is a directory; pass a file such as model.pt")
-    if any(same_file(given, path) for given in inputs):
-        raise UserError(f"checkpoint {path} is also the input data; write to another -o path")
-    if Path(path).exists() and not replace:
-        raise UserError(f"{path} already exists; pass --force to replace it, --resume to "
-                        "continue its run, or choose another -o path")
-    check_writable(path, "checkpoint ")
 
 
 def load(path: str) -> dict:

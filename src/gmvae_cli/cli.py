@@ -1,4 +1,9 @@
-"""The `gmvae` command line: thin commands over the library API (api.GMVAE)."""
+"""The `gmvae` command line: every command's options, and thin bodies over the library.
+
+Only typer, rich and the option checks are imported up front: each body imports the
+modules it needs (torch among them) when it runs, so `gmvae --help` answers at once and a
+mistyped option fails before the data or torch is loaded.
+"""
 
 from __future__ import annotations
 
@@ -8,43 +13,43 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from gmvae_cli import __version__, distributed, embed, evaluate, sampling, select_k, stream
-from gmvae_cli.api import GMVAE
-from gmvae_cli.checkpoint import check_target
+from gmvae_cli import __version__, ranks
+from gmvae_cli.atomic import check_checkpoint_target
 from gmvae_cli.errors import UserError
 from gmvae_cli.options import (
     DEBUG,
     EXIT_INTERRUPTED,
     AsJson,
     BatchSize,
+    Columns,
+    Data,
     Device,
+    Epochs,
+    Exclude,
     Format,
+    Hidden,
     IdColumn,
     Key,
+    Lambda,
+    LearningRate,
+    Likelihood,
+    Missing,
     ModelPath,
     Output,
     Quiet,
+    Recipe,
     Seed,
+    WDim,
+    XDim,
     handle_errors,
     parse_list,
     parse_sizes,
 )
-from gmvae_cli.progress import Reporter, note
-from gmvae_cli.rows import assign_columns, write_per_row
+from gmvae_cli.progress import note
 from gmvae_cli.settings import check
 
-EPOCHS_HELP = (
-    "GMVAE epochs (default: the recipe's: default 30 = 20 guided + 10 plain ELBO, after 20 "
-    "of autoencoder pretraining; paper 50). The default recipe keeps its proportions: "
-    "--epochs 15 runs 10 guided, 5 plain and 10 pretraining epochs."
-)
-LR_HELP = (
-    "Adam learning rate (default 1e-3). The default recipe pretrains and guides at this rate "
-    "and runs its plain-ELBO epochs at a tenth of it."
-)
+DEFAULT_CHUNK_ROWS = 65_536  # data.DEFAULT_CHUNK_ROWS, without importing pandas for --help
 
 app = typer.Typer(
     help="Cluster the rows of a feature table with a Gaussian Mixture VAE.",
@@ -73,26 +78,26 @@ def main_options(
 @app.command()
 @handle_errors
 def train(
-    data: Annotated[str, typer.Argument(help="Feature table: .csv, .parquet, .h5, or - for CSV on stdin.")],
+    data: Data,
     k: Annotated[int, typer.Option("--k", help="Number of clusters K.")] = 10,
     output: Annotated[str, typer.Option("-o", "--output", help="Checkpoint to write.")] = "model.pt",
-    recipe: Annotated[str, typer.Option(help="default (warm start + ELBO) or paper (the spec's ELBO alone).")] = "default",
-    epochs: Annotated[int | None, typer.Option(help=EPOCHS_HELP)] = None,
+    recipe: Recipe = "default",
+    epochs: Epochs = None,
     batch_size: BatchSize = 128,
-    lr: Annotated[float | None, typer.Option(help=LR_HELP)] = None,
-    x_dim: Annotated[int, typer.Option(help="Dimension of the latent x, where clusters live.")] = 10,
-    w_dim: Annotated[int, typer.Option(help="Dimension of the latent w.")] = 10,
-    hidden: Annotated[str, typer.Option(help="Encoder layer sizes; the decoder mirrors them.")] = "500,500",
+    lr: LearningRate = None,
+    x_dim: XDim = 10,
+    w_dim: WDim = 10,
+    hidden: Hidden = "500,500",
     mc_samples: Annotated[int, typer.Option(help="Monte-Carlo samples M per row.")] = 1,
-    lambda_z: Annotated[float, typer.Option("--lambda", help="z-prior threshold λ.")] = 0.5,
-    likelihood: Annotated[str, typer.Option(help="auto, gaussian or bernoulli.")] = "auto",
+    lambda_z: Lambda = 0.5,
+    likelihood: Likelihood = "auto",
     restarts: Annotated[int, typer.Option(help="Independent fits; the best ELBO is kept.")] = 1,
     seed: Seed = 0,
     device: Device = "auto",
-    columns: Annotated[str | None, typer.Option(help="Comma-separated feature columns.")] = None,
-    exclude: Annotated[str | None, typer.Option(help="Comma-separated columns to leave out.")] = None,
+    columns: Columns = None,
+    exclude: Exclude = None,
     id_column: IdColumn = None,
-    missing: Annotated[str, typer.Option(help="NaN/inf values: error, drop or mean.")] = "error",
+    missing: Missing = "error",
     fmt: Format = None,
     key: Key = None,
     resume: Annotated[bool, typer.Option(help="Continue the run saved in --output.")] = False,
@@ -107,24 +112,28 @@ def train(
     ] = None,
     chunk_rows: Annotated[
         int, typer.Option(help="Rows read at a time with --stream; memory holds about 4 chunks.")
-    ] = stream.DEFAULT_CHUNK_ROWS,
+    ] = DEFAULT_CHUNK_ROWS,
     quiet: Quiet = False,
 ) -> None:
     """Train a GMVAE on DATA and write a checkpoint.
 
     Example: gmvae train data.parquet --k 10 -o model.pt
     """
-    # Every option is checked (GMVAE's constructor) before the data is read.
-    model = GMVAE(
-        k=k, x_dim=x_dim, w_dim=w_dim, hidden=parse_sizes(hidden, "--hidden"),
-        mc_samples=mc_samples, lambda_z=lambda_z, likelihood=likelihood, recipe=recipe,
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, restarts=restarts,
-        device=device, missing=missing,
-    )
-    check(chunk_rows=chunk_rows)
-    # Before the data is read or a minute is spent: an existing model is kept unless told.
-    check_target(output, inputs=(data,), replace=force or resume)
-    quiet = quiet or not distributed.is_main()  # under torchrun, rank 0 speaks for all
+    options = {
+        "k": k, "x_dim": x_dim, "w_dim": w_dim, "hidden": parse_sizes(hidden, "--hidden"),
+        "mc_samples": mc_samples, "lambda_z": lambda_z, "likelihood": likelihood, "recipe": recipe,
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "restarts": restarts,
+        "device": device, "missing": missing,
+    }
+    check(**options, chunk_rows=chunk_rows)  # every option, before the data is read
+    # Before a minute is spent: an existing model is kept unless told otherwise.
+    check_checkpoint_target(output, inputs=(data,), replace=force or resume)
+    from gmvae_cli import distributed, stream
+    from gmvae_cli.api import GMVAE
+    from gmvae_cli.progress import Reporter
+
+    model = GMVAE(**options)
+    quiet = quiet or not ranks.is_main()  # under torchrun, rank 0 speaks for all
     say = (lambda s: None) if quiet else note
     if streamed is None and stream.should_stream(data):
         say(f"note: {data} is larger than a quarter of this machine's memory, so training "
@@ -151,7 +160,7 @@ def train(
         # Under torchrun: leave the process group before exit. Left to the interpreter's
         # teardown, gloo can abort a rank whose peer has already gone (SIGABRT, seen once).
         distributed.shutdown()
-    if not distributed.is_main():
+    if not ranks.is_main():
         return  # rank 0 reports for every rank
     terms = model.terms_
     say(f"wrote {output}: K={model.config.k}, ELBO {terms['elbo']:.3f}, "
@@ -159,16 +168,16 @@ def train(
     warn_collapse(model)  # a warning, not a note: shown even with --quiet
 
 
-def warn_collapse(model: GMVAE, say=note) -> None:
+def warn_collapse(model) -> None:
     """Say on stderr when fewer than K clusters hold at least 1% of the rows."""
     if not model.cluster_sizes_:  # a checkpoint without sizes: nothing to judge
         return
     used, k = model.effective_clusters(), model.config.k
     if used < k:
-        say(f"warning: only {used} of {k} clusters hold at least 1% of the rows "
-            f"(sizes {model.cluster_sizes_}); the data may hold fewer clusters than K: "
-            f"try --k {used}, compare Ks with gmvae select-k, or try more --epochs, "
-            "--restarts or another --lambda")
+        note(f"warning: only {used} of {k} clusters hold at least 1% of the rows "
+             f"(sizes {model.cluster_sizes_}); the data may hold fewer clusters than K: "
+             f"try --k {used}, compare Ks with gmvae select-k, or try more --epochs, "
+             "--restarts or another --lambda")
 
 
 @app.command()
@@ -193,9 +202,11 @@ def assign(
     """
     if mc_samples < 0:
         raise UserError(f"--mc-samples must be 0 or more, got {mc_samples}")
-    write_per_row(
+    from gmvae_cli import rows
+
+    rows.write_per_row(
         model_path, data, output,
-        lambda model: assign_columns(model, probs=probs, mc_samples=mc_samples),
+        lambda model: rows.assign_columns(model, probs=probs, mc_samples=mc_samples),
         description="assigning", id_column=id_column, batch_size=batch_size, device=device,
         fmt=fmt, key=key, quiet=quiet, seed=seed,
     )
@@ -203,28 +214,63 @@ def assign(
 
 @app.command()
 @handle_errors
-def info(
+def embed(
     model_path: ModelPath,
-    as_json: AsJson = False,
+    data: Annotated[str, typer.Argument(help="Table to embed: .csv, .parquet, .h5, or - for stdin.")],
+    output: Output = None,
+    with_w: Annotated[bool, typer.Option("--with-w", help="Add w_0 … w_{Dw-1}, the means of w.")] = False,
+    with_cluster: Annotated[
+        bool, typer.Option("--with-cluster", help="Add cluster and confidence, as gmvae assign.")
+    ] = False,
+    id_column: IdColumn = None,
+    batch_size: BatchSize = 65536,
+    device: Device = "auto",
+    fmt: Format = None,
+    key: Key = None,
+    quiet: Quiet = False,
 ) -> None:
+    """Write each row's latent coordinates; CSV on stdout unless -o.
+
+    One output row per input row, in input order, with the same ids as gmvae assign:
+    x_0 … x_{Dx-1} are the posterior means of x (--with-w adds those of w).
+
+    Example: gmvae embed model.pt input.csv -o latent.parquet --with-cluster
+    """
+    from gmvae_cli import rows
+
+    rows.write_per_row(
+        model_path, data, output,
+        lambda model: rows.embed_columns(model, with_w=with_w, with_cluster=with_cluster),
+        description="embedding", id_column=id_column, batch_size=batch_size, device=device,
+        fmt=fmt, key=key, quiet=quiet,
+    )
+
+
+@app.command()
+@handle_errors
+def info(model_path: ModelPath, as_json: AsJson = False) -> None:
     """Show what a checkpoint holds.
 
     Example: gmvae info model.pt --json
     """
+    from rich.console import Console
+    from rich.table import Table
+
+    from gmvae_cli.api import GMVAE
+
     model = GMVAE.load(model_path)
     summary = model_summary(model)
     if as_json:
         print(json.dumps(summary, indent=2))
-        warn_collapse(model)
-        return
-    table = Table(title=model_path, show_header=False)
-    for name, value in summary.items():
-        table.add_row(name, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
-    Console(soft_wrap=True).print(table)
+    else:
+        table = Table(title=model_path, show_header=False)
+        for name, value in summary.items():
+            table.add_row(name, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
+        Console(soft_wrap=True).print(table)
     warn_collapse(model)
 
 
-def model_summary(model: GMVAE) -> dict:
+def model_summary(model) -> dict:
     """What `gmvae info` shows: plain data only."""
     cfg = model.config
     return {
@@ -249,15 +295,126 @@ def model_summary(model: GMVAE) -> dict:
     }
 
 
-# Commands that live in their own modules (each already wrapped in handle_errors).
-app.command()(evaluate.evaluate)
-app.command()(sampling.sample)
-app.command()(embed.embed)
-app.command("select-k")(select_k.command)
+@app.command()
+@handle_errors
+def evaluate(
+    model_path: ModelPath,
+    data: Annotated[str, typer.Argument(help="Table to evaluate: .csv, .parquet, .h5, or - for stdin.")],
+    labels: Annotated[
+        str | None,
+        typer.Option(
+            "--labels",
+            help="Known labels: a column of DATA, or a file (CSV/Parquet with one column, "
+            "or HDF5 with --labels-key).",
+        ),
+    ] = None,
+    labels_key: Annotated[
+        str | None, typer.Option("--labels-key", help="HDF5 dataset of the labels, e.g. test/labels.")
+    ] = None,
+    as_json: AsJson = False,
+    plot: Annotated[
+        str | None,
+        typer.Option("--plot", help="Save a PNG: confusion matrix (with labels) and cluster sizes."),
+    ] = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    fmt: Format = None,
+    key: Key = None,
+) -> None:
+    """Score a model on DATA: ELBO terms, cluster sizes and, with --labels, accuracy.
+
+    Example: gmvae evaluate model.pt test.csv --labels digit --plot eval.png
+    """
+    from gmvae_cli import evaluate as evaluation
+
+    evaluation.run(model_path, data, labels, labels_key, as_json, plot, seed, device, fmt, key)
+
+
+@app.command()
+@handle_errors
+def sample(
+    model_path: ModelPath,
+    n: Annotated[int, typer.Option("-n", "--rows", help="Number of rows to draw, spread evenly over the clusters.")] = 100,
+    cluster: Annotated[
+        list[int] | None,
+        typer.Option("--cluster", help="Draw only from this cluster; repeat for several (default: all)."),
+    ] = None,
+    mean: Annotated[bool, typer.Option("--mean", help="Decoder means instead of noisy draws.")] = False,
+    binary: Annotated[
+        bool, typer.Option("--binary", help="Bernoulli models: 0/1 draws instead of probabilities.")
+    ] = False,
+    seed: Seed = 0,
+    output: Output = None,
+    grid: Annotated[
+        str | None,
+        typer.Option("--grid", help="Save a PNG with one row of samples per cluster (image data)."),
+    ] = None,
+    image_shape: Annotated[
+        str | None,
+        typer.Option("--image-shape", help="HxW of one image for --grid, e.g. 28x28 (default: square)."),
+    ] = None,
+    device: Device = "auto",
+) -> None:
+    """Draw new rows from MODEL, in the original scale, with a `cluster` column.
+
+    The rows go to stdout as CSV, or to -o (.csv or .parquet); with --grid and no -o only the
+    picture is written (add -o - to print the rows as well).
+
+    Example: gmvae sample model.pt -n 50 --cluster 3 --mean -o samples.csv
+    """
+    from gmvae_cli import sampling
+
+    sampling.run(model_path, n, cluster, mean, binary, seed, output, grid, image_shape, device)
+
+
+@app.command("select-k")
+@handle_errors
+def select_k(
+    data: Data,
+    k_range: Annotated[str, typer.Option("--k-range", help="Ks to try: FIRST:LAST, FIRST:LAST:STEP or 4,7,10.")] = "2:20",
+    restarts: Annotated[int, typer.Option(help="Models per K (seeds SEED, SEED+1, …); 2 or more measure stability.")] = 3,
+    holdout: Annotated[float, typer.Option(help="Share of rows held out for the ELBO (seeded by --seed).")] = 0.2,
+    as_json: AsJson = False,
+    plot_path: Annotated[str | None, typer.Option("--plot", help="Also draw the three curves into this PNG.")] = None,
+    recipe: Recipe = "default",
+    epochs: Epochs = None,
+    batch_size: BatchSize = 128,
+    lr: LearningRate = None,
+    x_dim: XDim = 10,
+    w_dim: WDim = 10,
+    hidden: Hidden = "500,500",
+    lambda_z: Lambda = 0.5,
+    likelihood: Likelihood = "auto",
+    seed: Seed = 0,
+    device: Device = "auto",
+    columns: Columns = None,
+    exclude: Exclude = None,
+    missing: Missing = "error",
+    fmt: Format = None,
+    key: Key = None,
+    quiet: Quiet = False,
+) -> None:
+    """Compare Ks on DATA and recommend one.
+
+    Trains --restarts short models for each K and reports the held-out ELBO, the effective
+    clusters and the stability across restarts; docs/choosing-k.md explains the rule.
+
+    Example: gmvae select-k data.parquet --k-range 2:12 --restarts 3 --plot k.png
+    """
+    options = {
+        "recipe": recipe, "epochs": epochs, "batch_size": batch_size, "lr": lr, "x_dim": x_dim, "w_dim": w_dim,
+        "hidden": parse_sizes(hidden, "--hidden"), "lambda_z": lambda_z, "likelihood": likelihood,
+        "seed": seed, "device": device, "missing": missing,
+    }
+    check(**options)
+    from gmvae_cli import select_k as sweep
+
+    sweep.run(data, k_range, restarts, holdout, as_json, plot_path, columns, exclude, fmt, key,
+              quiet, **options)
 
 
 def main() -> None:
-    if not distributed.context().active:
+    if not ranks.context().active:
         app()
         return
     # A torchrun worker leaves without the interpreter's teardown: once training is over and

@@ -19,41 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-
-@dataclass(frozen=True)
-class Context:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def context() -> Context:
-    """Where this process stands, from torchrun's environment (one process without it)."""
-    env = os.environ
-    if "WORLD_SIZE" not in env or "RANK" not in env:
-        return Context()
-    rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    return Context(rank=rank, world=world, local_rank=local)
-
-
-def is_main() -> bool:
-    return context().main
+from gmvae_cli.ranks import context, is_main  # noqa: F401 (where this process stands)
 
 
 def setup(device: torch.device) -> torch.device:

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 import pandas as pd
-import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -22,7 +20,6 @@ from gmvae_cli import plots
 from gmvae_cli.api import GMVAE
 from gmvae_cli.data import detect_format, read_hdf5_array, read_table
 from gmvae_cli.errors import UserError
-from gmvae_cli.options import AsJson, Device, Format, Key, ModelPath, Seed, handle_errors
 from gmvae_cli.progress import note
 
 SHOW_CONFUSION_MAX = 30  # wider confusion matrices go to --json / --plot only
@@ -117,35 +114,10 @@ def build_report(
     return report
 
 
-@handle_errors
-def evaluate(
-    model_path: ModelPath,
-    data: Annotated[str, typer.Argument(help="Table to evaluate: .csv, .parquet, .h5, or - for stdin.")],
-    labels: Annotated[
-        str | None,
-        typer.Option(
-            "--labels",
-            help="Known labels: a column of DATA, or a file (CSV/Parquet with one column, "
-            "or HDF5 with --labels-key).",
-        ),
-    ] = None,
-    labels_key: Annotated[
-        str | None, typer.Option("--labels-key", help="HDF5 dataset of the labels, e.g. test/labels.")
-    ] = None,
-    as_json: AsJson = False,
-    plot: Annotated[
-        str | None,
-        typer.Option("--plot", help="Save a PNG: confusion matrix (with labels) and cluster sizes."),
-    ] = None,
-    seed: Seed = 0,
-    device: Device = "auto",
-    fmt: Format = None,
-    key: Key = None,
-) -> None:
-    """Score a model on DATA: ELBO terms, cluster sizes and, with --labels, accuracy.
-
-    Example: gmvae evaluate model.pt test.csv --labels digit --plot eval.png
-    """
+def run(model_path: str, data: str, labels: str | None, labels_key: str | None,
+        as_json: bool, plot: str | None, seed: int, device: str, fmt: str | None,
+        key: str | None) -> None:
+    """`gmvae evaluate` (cli.py has its options)."""
     if plot is not None:
         plots.check_png(plot, "--plot")
     if labels_key is not None and labels is None:

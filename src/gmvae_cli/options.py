@@ -103,3 +103,26 @@ Seed = Annotated[int, typer.Option("--seed", help="Random seed: same seed, data 
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Rows per batch.")]
 ModelPath = Annotated[str, typer.Argument(metavar="MODEL", help="Checkpoint from gmvae train.")]
 AsJson = Annotated[bool, typer.Option("--json", help="One JSON object on stdout, for scripts.")]
+Data = Annotated[str, typer.Argument(help="Feature table: .csv (also .csv.gz), .parquet, .h5, or - for CSV on stdin.")]
+
+# The model and training options train and select-k share.
+Recipe = Annotated[str, typer.Option("--recipe", help="default (warm start + ELBO) or paper (the spec's ELBO alone).")]
+Epochs = Annotated[int | None, typer.Option(
+    "--epochs",
+    help="GMVAE epochs (default: the recipe's: default 30 = 20 guided + 10 plain ELBO, after 20 "
+    "of autoencoder pretraining; paper 50). The default recipe keeps its proportions: "
+    "--epochs 15 runs 10 guided, 5 plain and 10 pretraining epochs.",
+)]
+LearningRate = Annotated[float | None, typer.Option(
+    "--lr",
+    help="Adam learning rate (default 1e-3). The default recipe pretrains and guides at this "
+    "rate and runs its plain-ELBO epochs at a tenth of it.",
+)]
+XDim = Annotated[int, typer.Option("--x-dim", help="Dimension of the latent x, where clusters live.")]
+WDim = Annotated[int, typer.Option("--w-dim", help="Dimension of the latent w.")]
+Hidden = Annotated[str, typer.Option("--hidden", help="Encoder layer sizes; the decoder mirrors them.")]
+Lambda = Annotated[float, typer.Option("--lambda", help="z-prior threshold λ.")]
+Likelihood = Annotated[str, typer.Option("--likelihood", help="auto, gaussian or bernoulli.")]
+Columns = Annotated[str | None, typer.Option("--columns", help="Comma-separated feature columns.")]
+Exclude = Annotated[str | None, typer.Option("--exclude", help="Comma-separated columns to leave out (labels, ids).")]
+Missing = Annotated[str, typer.Option("--missing", help="NaN/inf values: error, drop or mean.")]

@@ -29,32 +29,19 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 import pandas as pd
-import typer
 from rich.console import Console
 from rich.table import Table
 
 from gmvae_cli import plots
-from gmvae_cli.api import GMVAE, as_frame
+from gmvae_cli.api import GMVAE
 from gmvae_cli.data import read_table
 from gmvae_cli.errors import UserError
-from gmvae_cli.options import (
-    EXIT_INTERRUPTED,
-    BatchSize,
-    Device,
-    Format,
-    Key,
-    Quiet,
-    Seed,
-    handle_errors,
-    parse_list,
-    parse_sizes,
-)
+from gmvae_cli.options import parse_list
 from gmvae_cli.progress import Reporter, note
+from gmvae_cli.sources import as_frame
 
 # Ks whose stability (mean ARI between restarts) is at most this far below the best count as
 # equally reproducible; ARI between good fits of the same data varies by about this much.
@@ -277,14 +264,6 @@ def show(sweep: Sweep, console: Console) -> None:
                       markup=False, highlight=False)
 
 
-def check_plot_path(path: str) -> None:
-    if Path(path).suffix.lower() != ".png":
-        raise UserError(f"--plot writes a PNG image; give a path ending in .png, got {path!r}")
-    folder = Path(path).resolve().parent
-    if not folder.is_dir():
-        raise UserError(f"cannot write {path}: folder {folder} does not exist")
-
-
 def plot(sweep: Sweep, path: str) -> None:
     """Three curves over K: held-out ELBO (± se), effective clusters, stability."""
     import matplotlib
@@ -323,52 +302,20 @@ def plot(sweep: Sweep, path: str) -> None:
 # -- the command ---------------------------------------------------------------------------
 
 
-@handle_errors
-def command(
-    data: Annotated[str, typer.Argument(help="Feature table: .csv, .parquet, .h5, or - for CSV on stdin.")],
-    k_range: Annotated[str, typer.Option("--k-range", help="Ks to try: FIRST:LAST, FIRST:LAST:STEP or 4,7,10.")] = "2:20",
-    restarts: Annotated[int, typer.Option(help="Models per K (seeds SEED, SEED+1, …); 2 or more measure stability.")] = 3,
-    holdout: Annotated[float, typer.Option(help="Share of rows held out for the ELBO (seeded by --seed).")] = DEFAULT_HOLDOUT,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
-    plot_path: Annotated[str | None, typer.Option("--plot", help="Also draw the three curves into this PNG.")] = None,
-    recipe: Annotated[str, typer.Option(help="default (warm start + ELBO) or paper (the spec's ELBO alone).")] = "default",
-    epochs: Annotated[int | None, typer.Option(help="Epochs per model (default: the recipe's); fewer make the sweep faster.")] = None,
-    batch_size: BatchSize = 128,
-    lr: Annotated[float | None, typer.Option(help="Adam learning rate (default: the recipe's).")] = None,
-    x_dim: Annotated[int, typer.Option(help="Dimension of the latent x, where clusters live.")] = 10,
-    w_dim: Annotated[int, typer.Option(help="Dimension of the latent w.")] = 10,
-    hidden: Annotated[str, typer.Option(help="Encoder layer sizes; the decoder mirrors them.")] = "500,500",
-    lambda_z: Annotated[float, typer.Option("--lambda", help="z-prior threshold λ.")] = 0.5,
-    likelihood: Annotated[str, typer.Option(help="auto, gaussian or bernoulli.")] = "auto",
-    seed: Seed = 0,
-    device: Device = "auto",
-    columns: Annotated[str | None, typer.Option(help="Comma-separated feature columns.")] = None,
-    exclude: Annotated[str | None, typer.Option(help="Comma-separated columns to leave out.")] = None,
-    missing: Annotated[str, typer.Option(help="NaN/inf values: error, drop or mean.")] = "error",
-    fmt: Format = None,
-    key: Key = None,
-    quiet: Quiet = False,
-) -> None:
-    """Compare Ks on DATA and recommend one.
-
-    Trains --restarts short models for each K and reports the held-out ELBO, the effective
-    clusters and the stability across restarts; docs/choosing-k.md explains the rule.
-
-    Example: gmvae select-k data.parquet --k-range 2:12 --restarts 3 --epochs 20 --plot k.png
-    """
+def run(data: str, k_range: str, restarts: int, holdout: float, as_json: bool,
+        plot_path: str | None, columns: str | None, exclude: str | None, fmt: str | None,
+        key: str | None, quiet: bool, **options) -> None:
+    """`gmvae select-k` (cli.py has its options); `options` are GMVAE's."""
     ks = parse_k_range(k_range)
     if plot_path is not None:
-        check_plot_path(plot_path)  # before minutes of training, not after
+        plots.check_png(plot_path, "--plot")  # before minutes of training, not after
+    GMVAE(k=ks[0], **options)  # every option is checked before the data is read
     frame = read_table(data, fmt, key)
     say = (lambda s: None) if quiet else note
     with Reporter(quiet) as reporter:
         sweep = select_k(
-            frame, ks, restarts=restarts, holdout=holdout, seed=seed,
-            columns=parse_list(columns) or None, exclude=parse_list(exclude),
-            reporter=reporter, note=say,
-            recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr, x_dim=x_dim,
-            w_dim=w_dim, hidden=parse_sizes(hidden, "--hidden"), lambda_z=lambda_z,
-            likelihood=likelihood, device=device, missing=missing,
+            frame, ks, restarts=restarts, holdout=holdout, columns=parse_list(columns) or None,
+            exclude=parse_list(exclude), reporter=reporter, note=say, **options,
         )
     if as_json:
         import json
@@ -382,4 +329,4 @@ def command(
     if sweep.interrupted:
         done = ", ".join(str(r.k) for r in sweep.results) or "none"
         note(f"interrupted: results for the finished K values only ({done})")
-        raise typer.Exit(EXIT_INTERRUPTED)
+        raise KeyboardInterrupt  # after the partial results: the CLI exits 130
