@@ -13,8 +13,18 @@ from conftest import make_blobs_frame, run_cli
 from gmvae_cli import recipe, settings, warm_start
 from gmvae_cli.model import GMVAENet, ModelConfig, log_cluster_posterior
 from gmvae_cli.recipe import DefaultRecipe, PaperRecipe, Phase
+from gmvae_cli.sources import InMemoryRows
 
 SMALL = dataclasses.replace(warm_start.DEFAULT_SETTINGS, pretrain_epochs=3)
+CPU = torch.device("cpu")
+
+
+def prepared(net: GMVAENet, data: torch.Tensor, warm=SMALL, seed: int = 0) -> DefaultRecipe:
+    """The default recipe's warm start on these rows (in memory), as the training loop runs it."""
+    chosen = DefaultRecipe(warm=warm)
+    chosen.prepare(net, InMemoryRows(data.numpy()), seed=seed, batch_size=64, device=CPU,
+                   report=lambda stage, done: None, save=lambda: None)
+    return chosen
 
 
 def test_default_recipe_clusters_blobs_end_to_end(tmp_path):
@@ -36,11 +46,11 @@ def test_warm_start_initialises_the_prior_from_the_pseudo_clusters():
     data = torch.tensor(((frame - frame.mean()) / frame.std()).to_numpy(), dtype=torch.float32)
     torch.manual_seed(0)
     net = GMVAENet(ModelConfig(input_dim=6, k=3, x_dim=2, w_dim=2, hidden=(16,), prior_hidden=16))
-    resp = warm_start.warm_start(net, data, seed=0, batch_size=64, device=torch.device("cpu"), settings=SMALL)
+    resp = prepared(net, data).targets
     assert resp.shape == (300, 3)
     np.testing.assert_allclose(resp.sum(1).numpy(), 1.0, rtol=1e-5)
     # The prior's mean biases are the responsibility-weighted code means of each cluster.
-    codes = warm_start.encode_means(net, data, torch.device("cpu"))
+    codes = warm_start.encode_means(net, data, CPU)
     expected = (resp.T @ codes) / resp.sum(0)[:, None]
     np.testing.assert_allclose(net.prior.means.bias.detach().view(3, 2).numpy(), expected.numpy(), rtol=1e-4, atol=1e-5)
     # Shrunk output weights: every w gives nearly the same components.
@@ -136,7 +146,7 @@ def test_small_narrow_tables_are_clustered_on_their_inputs():
     on_inputs = warm_start.pseudo_responsibilities(warm_start._standardised(data).numpy(), 3, 0, SMALL)
     for x_dim, expect_inputs in ((3, True), (2, False)):  # joined codes: 6 or 4 columns wide
         net = GMVAENet(ModelConfig(input_dim=6, k=3, x_dim=x_dim, w_dim=2, hidden=(16,), prior_hidden=16))
-        resp = warm_start.warm_start(net, data, seed=0, batch_size=64, device=torch.device("cpu"), settings=SMALL)
+        resp = prepared(net, data).targets
         assert np.allclose(resp.numpy(), on_inputs) == expect_inputs
 
 

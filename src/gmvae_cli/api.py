@@ -76,6 +76,7 @@ class GMVAE:
         self.id_column_: str | None = None
         self.recipe_summary_: dict = {}
         self.timings_: dict[str, float] = {}
+        self.saved_epoch_: int | None = None  # epochs in the last checkpoint fit wrote
 
     # -- training ------------------------------------------------------------------------
 
@@ -126,7 +127,7 @@ class GMVAE:
         writes = checkpoint_path is not None and distributed.is_main()
 
         def save_state(state: dict) -> None:
-            self.history_ = state["history"]  # also tells the CLI that a checkpoint exists
+            self.history_, self.saved_epoch_ = state["history"], state["epoch"]
             if writes:
                 checkpoint.save(checkpoint_path, self._payload(state["state_dict"], state))
 

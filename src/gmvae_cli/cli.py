@@ -150,7 +150,10 @@ def train(
     except KeyboardInterrupt:
         if DEBUG["on"]:
             raise
-        if model.history_ or resume:  # history_ is set by each epoch-end checkpoint
+        if model.saved_epoch_ == 0:
+            note(f"interrupted during the warm start: its progress is saved in {output}; "
+                 "continue with the same command and --resume")
+        elif model.saved_epoch_ or resume:
             note(f"interrupted: the last finished epoch is saved in {output}; "
                  f"continue with the same command and --resume")
         else:

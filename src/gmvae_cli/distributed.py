@@ -18,6 +18,7 @@ rank (streamed shards are not equal) and gloo lacks it.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gc
 
 import torch
@@ -37,7 +38,9 @@ def setup(device: torch.device) -> torch.device:
         device = torch.device("cuda", ctx.local_rank)  # one GPU per process
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Ranks wait for rank 0's warm start (distributed.from_main): minutes on a big table.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(hours=2))
     return device
 
 
@@ -69,6 +72,15 @@ def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
     summed = values.to(device=device, dtype=torch.float64)
     dist.all_reduce(summed)
     return summed.cpu()
+
+
+def from_main(value):
+    """Rank 0's value on every rank (broadcast); the value itself without torchrun."""
+    if not reducing():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def epoch_seed(seed: int, epoch: int) -> None:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from gmvae_cli import warm_start
+from gmvae_cli import distributed, ranks, warm_start
+from gmvae_cli.batching import EVAL_BATCH
 from gmvae_cli.model import ELBOTerms, GMVAENet
 
 Report = Callable[[str, float], None]
@@ -41,8 +42,11 @@ class Recipe:
     name = ""
 
     def prepare(self, net: GMVAENet, data, *, seed: int, batch_size: int,
-                device: torch.device, report: Report) -> None:
-        """Called once per restart with a fresh network, before the first epoch."""
+                device: torch.device, report: Report, save: Callable[[], None]) -> None:
+        """Called before the first epoch of each restart, with a fresh network, and again
+        when a run resumes (after load_state_dict): it continues where the checkpoint left
+        off. `save()` writes a resumable checkpoint of the work so far (the network and
+        this recipe's state_dict)."""
 
     def phases(self) -> list[Phase]:
         raise NotImplementedError
@@ -115,16 +119,64 @@ class DefaultRecipe(Recipe):
         pretrain = warm.pretrain_epochs if epochs is None else \
             max(1, round(warm.pretrain_epochs * epochs / gmvae_epochs))
         self.warm = dataclasses.replace(warm, pretrain_epochs=pretrain, pretrain_lr=self.lr)
-        self.targets: torch.Tensor | None = None  # (rows, K) pseudo-responsibilities
+        # start -> pretraining -> ready (pseudo-clusters found) -> trained (guided phase over)
+        self.stage = "start"
+        self.pretraining: dict | None = None  # resumable state while the autoencoders train
+        self.placer: dict | None = None  # the sample's pseudo-clusters, and how to place rows
+        self.targets: torch.Tensor | None = None  # (row numbers, K), this rank's rows
         self.pseudo_labels: torch.Tensor | None = None
 
-    def prepare(self, net, data, *, seed, batch_size, device, report) -> None:
-        rows, numbers = data.sample(data.rows, seed)
-        targets = warm_start.warm_start(net, rows, seed=seed, batch_size=batch_size,
-                                        device=device, report=report, settings=self.warm)
-        self.targets = torch.zeros(data.row_numbers, targets.shape[1])
-        self.targets[numbers] = targets
-        self.pseudo_labels = targets.argmax(1).to(torch.int32)
+    def prepare(self, net, data, *, seed, batch_size, device, report, save) -> None:
+        """The warm start on a sample of the rows; under torchrun rank 0 builds it and every
+        rank receives it. Resumable: a checkpoint after every pretraining epoch and once the
+        pseudo-clusters are found."""
+        if self.stage in ("start", "pretraining"):
+            if ranks.is_main():
+                self._build(net, data, seed, batch_size, device, report, save)
+            state, self.placer = distributed.from_main((net.state_dict(), self.placer))
+            net.load_state_dict(state)
+            self.stage, self.pretraining = "ready", None
+            save()
+        if self.stage == "ready" and self.targets is None:
+            self.targets = self._place(data, net.cfg.k, device)
+            self.pseudo_labels = self.targets.argmax(1).to(torch.int32)
+
+    def _build(self, net, data, seed, batch_size, device, report, save) -> None:
+        sample, numbers = data.sample(self.warm.sample_rows, seed)
+        helpers = []
+        for i in range(warm_start.autoencoders(sample, net.cfg, self.warm) - 1):
+            # Same shape, each its own initialisation, drawn aside: the global random state
+            # (which a resumed run restores) stays where an uninterrupted run has it.
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed * 7919 + i + 1)
+                helpers.append(GMVAENet(net.cfg).to(device))
+
+        def checkpoint(pretraining: dict) -> None:
+            self.stage, self.pretraining = "pretraining", pretraining
+            save()
+
+        warm_start.pretrain([net, *helpers], sample, self.warm, batch_size, device, seed, report,
+                            checkpoint, self.pretraining)
+        resp, view = warm_start.pseudo_clusters([net, *helpers], sample, seed, device, report,
+                                                self.warm)
+        covers = len(sample) == data.rows  # every row in the sample: no placing needed
+        self.placer = {
+            "numbers": numbers, "resp": resp, "covers": covers,
+            "view": None if covers else view.to_state(),
+            "sample_view": None if covers else view(sample, device),
+        }
+
+    def _place(self, data, k: int, device) -> torch.Tensor:
+        placer = self.placer
+        table = torch.zeros(data.row_numbers, k)
+        if placer["covers"]:
+            table[placer["numbers"]] = placer["resp"]
+            return table
+        view = warm_start.View.from_state(placer["view"])
+        for rows, numbers in data.in_order(EVAL_BATCH):
+            table[numbers] = warm_start.place(view, placer["sample_view"], placer["resp"], rows,
+                                              device, self.warm.place_neighbours)
+        return table
 
     def phases(self) -> list[Phase]:
         phases = [Phase("guided", self.guided, self.lr),
@@ -132,8 +184,8 @@ class DefaultRecipe(Recipe):
         return [p for p in phases if p.epochs > 0]
 
     def start_phase(self, phase: Phase) -> None:
-        if phase.name == "elbo":
-            self.targets = None  # no longer needed: not carried in later checkpoints
+        if phase.name == "elbo":  # no longer needed: not carried in later checkpoints
+            self.stage, self.placer, self.targets = "trained", None, None
 
     def loss(self, net, y, rows, phase):
         if phase.name != "guided":
@@ -148,10 +200,13 @@ class DefaultRecipe(Recipe):
         return -terms.elbo + self.PSEUDO_LABEL_WEIGHT * cross_entropy, terms
 
     def state_dict(self) -> dict:
-        return {"targets": self.targets, "pseudo_labels": self.pseudo_labels}
+        return {"stage": self.stage, "pretraining": self.pretraining, "placer": self.placer,
+                "pseudo_labels": self.pseudo_labels}
 
     def load_state_dict(self, state: dict) -> None:
-        self.targets, self.pseudo_labels = state["targets"], state["pseudo_labels"]
+        self.stage, self.pretraining = state["stage"], state["pretraining"]
+        self.placer, self.pseudo_labels = state["placer"], state["pseudo_labels"]
+        self.targets = None  # placed again from the placer (prepare)
 
     def summary(self) -> dict:
         return {"pseudo_labels": self.pseudo_labels}

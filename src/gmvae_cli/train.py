@@ -137,12 +137,29 @@ class Trainer:
             shuffle.set_state(state["shuffle_rng"])
             devices.set_rng_state(state["rng"], self.device)
             history, start = state["history"], state["epoch"]
-        else:
-            self.recipe.prepare(net, self.data, seed=seed, batch_size=self.settings.batch_size,
-                                device=self.device, report=self._report_stage)
+
+        def checkpoint(optimizer=None) -> None:
+            started = time.perf_counter()
+            self.save({
+                "restart": r,
+                "epoch": len(history),
+                "state_dict": net.state_dict(),
+                "optimizer": None if optimizer is None else optimizer.state_dict(),
+                "shuffle_rng": shuffle.get_state(),
+                "rng": devices.rng_state(self.device),
+                "history": history,
+                "recipe": self.recipe.state_dict(),
+                "best": best,
+            })
+            self.timings["write"] = self.timings.get("write", 0.0) + time.perf_counter() - started
+
+        # A fresh run's warm start, or a resumed run's rest of it (a no-op once it is done).
+        self.recipe.prepare(net, self.data, seed=seed, batch_size=self.settings.batch_size,
+                            device=self.device, report=self._report_stage,
+                            save=checkpoint)
         # Created after prepare: a warm start may have moved parameters.
         optimizer = torch.optim.Adam(net.parameters())
-        if state is not None:
+        if state is not None and state["optimizer"] is not None:
             optimizer.load_state_dict(state["optimizer"])
         trained = distributed.for_training(net, self.device)  # wrapped in DDP under torchrun
         schedule = [phase for phase in self.recipe.phases() for _ in range(phase.epochs)]
@@ -165,19 +182,7 @@ class Trainer:
             record.update(epoch=epoch + 1, phase=phase.name, restart=r, seconds=seconds)
             history.append(record)
             self.reporter.update(1, f"ELBO {record['elbo']:.2f}")
-            started = time.perf_counter()
-            self.save({
-                "restart": r,
-                "epoch": epoch + 1,
-                "state_dict": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "shuffle_rng": shuffle.get_state(),
-                "rng": devices.rng_state(self.device),
-                "history": history,
-                "recipe": self.recipe.state_dict(),
-                "best": best,
-            })
-            self.timings["write"] = self.timings.get("write", 0.0) + time.perf_counter() - started
+            checkpoint(optimizer)
         return net, history
 
     def _epoch(self, net, optimizer, shuffle: torch.Generator, phase: Phase) -> dict:

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 
-from gmvae_cli.batching import index_batches
-from gmvae_cli.model import GMVAENet
+from gmvae_cli.batching import EVAL_BATCH, index_batches
+from gmvae_cli.model import Encoder, GMVAENet, ModelConfig
 
 Report = Callable[[str, float], None] | None
 
@@ -39,6 +40,8 @@ class WarmStartSettings:
     # 43 s for 100k (square of the rows); pynndescent's ~20 s compile is cheaper past ~50k
     exact_knn_max_rows: int = 50_000
     prior_weight_scale: float = 0.01  # shrink β's output weights so every w gives ~ the init
+    sample_rows: int = 50_000  # the warm start sees at most this many rows (--warm-sample)
+    place_neighbours: int = 10  # rows outside the sample take their nearest sample rows' clusters
     autoencoders: int = 2  # codes of independently initialised autoencoders, concatenated:
     # one autoencoder's codes sometimes merge two digits (MNIST seed 4: 0.82 with UMAP + GMM);
     # two together gave 0.943-0.949 on every pair tried, including that seed's
@@ -48,36 +51,58 @@ DEFAULT_SETTINGS = WarmStartSettings()
 UMAP_SMALL_DATA = 4096  # umap-learn computes all distances itself below this many rows
 
 
-def pretrain_autoencoder(
-    net: GMVAENet,
-    data: torch.Tensor,
+def pretrain(
+    nets: list[GMVAENet],
+    sample: torch.Tensor,
     settings: WarmStartSettings,
     batch_size: int,
     device: torch.device,
-    gen: torch.Generator,
-    report: Report = None,
+    seed: int,
+    report: Report,
+    save: Callable[[dict], None],
+    state: dict | None = None,
 ) -> None:
-    """Train the encoder's x-mean path and the decoder as a deterministic autoencoder."""
-    params = list(net.encoder.trunk.parameters()) + list(net.encoder.x_head.parameters())
-    params += list(net.decoder.parameters())
-    opt = torch.optim.Adam(params, lr=settings.pretrain_lr)
-    net.train()
-    for epoch in range(settings.pretrain_epochs):
-        for idx in index_batches(len(data), batch_size, gen):
-            y = data[idx].to(device)
-            x_mu = net.encoder(y)[0]
-            loss = -net.decoder.log_likelihood(y, x_mu).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if report:
-            report("pretrain", (epoch + 1) / settings.pretrain_epochs)
+    """Train each net's encoder x-mean path and decoder as a deterministic autoencoder, one
+    net after the other; `save` gets a resumable state after every epoch, and `state` (one
+    such) continues from there with the same result as an uninterrupted run."""
+    gen = torch.Generator().manual_seed(seed)
+    first, start = 0, 0
+    if state is not None:
+        first, start = state["autoencoder"], state["epoch"]
+        gen.set_state(state["shuffle"])
+        for net, saved in zip(nets[1:], state["helpers"]):
+            net.load_state_dict(saved)
+    for i in range(first, len(nets)):
+        net = nets[i]
+        params = list(net.encoder.trunk.parameters()) + list(net.encoder.x_head.parameters())
+        params += list(net.decoder.parameters())
+        opt = torch.optim.Adam(params, lr=settings.pretrain_lr)
+        if state is not None and i == first and state["optimizer"] is not None:
+            opt.load_state_dict(state["optimizer"])
+        stage = "pretrain" if len(nets) == 1 else f"pretrain {i + 1}/{len(nets)}"
+        net.train()
+        for epoch in range(start if i == first else 0, settings.pretrain_epochs):
+            for idx in index_batches(len(sample), batch_size, gen):
+                y = sample[idx].to(device)
+                x_mu = net.encoder(y)[0]
+                loss = -net.decoder.log_likelihood(y, x_mu).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            report(stage, (epoch + 1) / settings.pretrain_epochs)
+            done = epoch + 1 == settings.pretrain_epochs
+            save({
+                "autoencoder": i + done, "epoch": 0 if done else epoch + 1,
+                "optimizer": None if done else opt.state_dict(), "shuffle": gen.get_state(),
+                "helpers": [helper.state_dict() for helper in nets[1:]],
+            })
 
 
 @torch.no_grad()
 def encode_means(net: GMVAENet, data: torch.Tensor, device: torch.device) -> torch.Tensor:
     net.eval()
-    out = [net.encoder(data[i : i + 4096].to(device))[0].cpu() for i in range(0, len(data), 4096)]
+    out = [net.encoder(data[i : i + EVAL_BATCH].to(device))[0].cpu()
+           for i in range(0, len(data), EVAL_BATCH)]
     net.train()
     return torch.cat(out)
 
@@ -156,54 +181,105 @@ def init_prior(net: GMVAENet, codes: torch.Tensor, resp: torch.Tensor, settings:
         layer.bias.copy_(value.reshape(-1).to(layer.bias.device))
 
 
-def warm_start(
-    net: GMVAENet,
-    data: torch.Tensor,
-    *,
-    seed: int,
-    batch_size: int,
-    device: torch.device,
-    report: Report = None,
-    settings: WarmStartSettings = DEFAULT_SETTINGS,
-) -> torch.Tensor:
-    """Pretrain `net` in place, initialise its prior network, return (N, K) pseudo-responsibilities.
+class View(nn.Module):
+    """The space the pseudo-clusters are found in, for any row: the standardised codes of
+    frozen copies of the pretrained encoders, joined, or the standardised inputs themselves
+    (no encoders). It places rows outside the warm start's sample among its clusters."""
 
-    The pseudo-responsibilities come from UMAP + GMM on the codes of `net` and of
-    `settings.autoencoders - 1` more autoencoders of the same shape, trained only for this;
-    for a small table no wider than those codes, from a GMM on its own standardised columns.
+    def __init__(self, config: ModelConfig, encoders: int, center: torch.Tensor, scale: torch.Tensor):
+        super().__init__()
+        self.config = config
+        self.encoders = nn.ModuleList([Encoder(config) for _ in range(encoders)])
+        self.register_buffer("center", center)  # (width,)
+        self.register_buffer("scale", scale)
+
+    @classmethod
+    def of(cls, nets: list[GMVAENet] | None, sample: torch.Tensor, device: torch.device) -> View:
+        """A view fitted on the sample: from the nets' encoders, or the inputs (nets None)."""
+        config = nets[0].cfg if nets else ModelConfig(input_dim=sample.shape[1])
+        view = cls(config, len(nets or []), torch.zeros(0), torch.zeros(0))
+        for mine, net in zip(view.encoders, nets or []):
+            mine.load_state_dict(net.encoder.state_dict())
+        raw = view.raw(sample, device)
+        view.center, view.scale = raw.mean(0), raw.std(0).clamp_min(1e-8)
+        return view
+
+    @torch.no_grad()
+    def raw(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+        if not len(self.encoders):
+            return rows.float()
+        self.to(device).eval()
+        parts = []
+        for start in range(0, len(rows), EVAL_BATCH):
+            y = rows[start : start + EVAL_BATCH].to(device)
+            parts.append(torch.cat([enc(y)[0] for enc in self.encoders], dim=1).cpu())
+        return torch.cat(parts)  # (rows, encoders * x_dim)
+
+    def forward(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Standardised: every encoder (or column) weighs the same in the neighbour graph."""
+        return (self.raw(rows, device) - self.center.cpu()) / self.scale.cpu()
+
+    def to_state(self) -> dict:
+        return {"config": self.config.to_dict(), "encoders": len(self.encoders),
+                "state_dict": self.state_dict()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> View:
+        view = cls(ModelConfig.from_dict(state["config"]), state["encoders"],
+                   torch.zeros(0), torch.zeros(0))
+        view.center = state["state_dict"]["center"]
+        view.scale = state["state_dict"]["scale"]
+        view.load_state_dict(state["state_dict"])
+        return view
+
+
+def autoencoders(sample: torch.Tensor, config: ModelConfig, settings: WarmStartSettings) -> int:
+    """How many autoencoders the warm start trains: none but the GMVAE's own for a small
+    table no wider than the joined codes (its own columns are clustered: codes learnt from a
+    few hundred rows add noise and no reduction), else `settings.autoencoders`."""
+    if clusters_inputs(sample, config, settings):
+        return 1
+    return settings.autoencoders
+
+
+def clusters_inputs(sample: torch.Tensor, config: ModelConfig, settings: WarmStartSettings) -> bool:
+    # Mean ARI, seeds 0-3: iris 0.61 -> 0.92, wine 0.82 -> 0.88 (docs/benchmarks.md).
+    return (len(sample) < settings.umap_min_rows
+            and sample.shape[1] <= settings.autoencoders * config.x_dim)
+
+
+def pseudo_clusters(
+    nets: list[GMVAENet],
+    sample: torch.Tensor,
+    seed: int,
+    device: torch.device,
+    report: Report,
+    settings: WarmStartSettings = DEFAULT_SETTINGS,
+) -> tuple[torch.Tensor, View]:
+    """(n, K) pseudo-responsibilities of the sample rows, and the view they were found in.
+
+    The first net is the GMVAE itself: its prior network is initialised to the clusters.
     """
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    # Codes learnt from a few hundred rows add noise, and no reduction to a narrow table: the
-    # GMM clusters its columns instead (mean ARI, seeds 0-3: iris 0.61 -> 0.92, wine 0.82 ->
-    # 0.88; docs/benchmarks.md), and only the GMVAE's own autoencoder is pretrained.
-    on_inputs = (len(data) < settings.umap_min_rows
-                 and data.shape[1] <= settings.autoencoders * net.cfg.x_dim)
-    autoencoders = 1 if on_inputs else settings.autoencoders
-    codes = _pretrained_codes(net, data, settings, batch_size, device, gen, report, 0, autoencoders)
-    views = [data.float() if on_inputs else codes]
-    for extra in range(1, autoencoders):
-        helper = GMVAENet(net.cfg).to(device)  # same shape, its own initialisation
-        views.append(_pretrained_codes(helper, data, settings, batch_size, device, gen, report,
-                                       extra, autoencoders))
-    if report:
-        report("umap", 0.0)
-    # Standardise each view so every autoencoder weighs the same in the neighbourhood graph.
-    joined = torch.cat([_standardised(v) for v in views], dim=1)
-    resp = pseudo_responsibilities(joined.numpy(), net.cfg.k, seed, settings)
-    resp_t = torch.from_numpy(resp).float()
-    init_prior(net, codes, resp_t, settings)
-    if report:
-        report("umap", 1.0)
-    return resp_t
+    net = nets[0]
+    report("umap", 0.0)
+    view = View.of(None if clusters_inputs(sample, net.cfg, settings) else nets, sample, device)
+    joined = view(sample, device)
+    resp = torch.from_numpy(pseudo_responsibilities(joined.numpy(), net.cfg.k, seed, settings)).float()
+    init_prior(net, encode_means(net, sample, device), resp, settings)
+    report("umap", 1.0)
+    return resp, view
+
+
+@torch.no_grad()
+def place(view: View, sample_view: torch.Tensor, sample_resp: torch.Tensor, rows: torch.Tensor,
+          device: torch.device, neighbours: int) -> torch.Tensor:
+    """Responsibilities of rows outside the sample: the mean over their nearest sample rows
+    in the view (the pseudo-clusters come from a neighbour graph, so neighbours carry them)."""
+    x = view(rows, device)  # (B, d)
+    d2 = (x * x).sum(1, keepdim=True) - 2.0 * x @ sample_view.T + (sample_view * sample_view).sum(1)
+    nearest = torch.topk(d2, min(neighbours, len(sample_view)), dim=1, largest=False).indices
+    return sample_resp[nearest].mean(1)  # (B, K)
 
 
 def _standardised(values: torch.Tensor) -> torch.Tensor:
     return (values - values.mean(0)) / values.std(0).clamp_min(1e-8)
-
-
-def _pretrained_codes(net, data, settings, batch_size, device, gen, report, index: int, count: int):
-    stage = "pretrain" if count == 1 else f"pretrain {index + 1}/{count}"
-    pretrain_autoencoder(net, data, settings, batch_size, device, gen,
-                         (lambda _, f: report(stage, f)) if report else None)
-    return encode_means(net, data, device)
