@@ -572,8 +572,14 @@ def main() -> None:
     for table in tables:
         for method in methods:
             for seed in seeds:
-                run = (run_gmvae(table, seed) if method == "gmvae"
-                       else run_baseline(table, method, seed))
+                if method == "gmvae":
+                    run = run_gmvae(table, seed)
+                else:
+                    try:
+                        run = run_baseline(table, method, seed)
+                    except Exception as e:  # noqa: BLE001 (recorded; the other runs go on)
+                        run = {"data": table.name, "method": method, "seed": seed,
+                               "k": table.k, "error": f"{type(e).__name__}: {e}"}
                 print(json.dumps({k: v for k, v in run.items() if k != "notes"}), flush=True)
                 runs.append(run)
 
