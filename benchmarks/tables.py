@@ -98,8 +98,7 @@ from gmvae_cli.metrics import hungarian_accuracy
 FOLDER = CACHE / "tables"
 RUNS = CACHE / "tables-runs"
 METHODS = ("gmvae", "kmeans", "gmm", "umap")
-TITLES = {"gmvae": "GMVAE", "pseudo": "pseudo-clusters", "kmeans": "k-means", "gmm": "GMM",
-          "umap": "UMAP + GMM"}
+TITLES = {"gmvae": "GMVAE", "kmeans": "k-means", "gmm": "GMM", "umap": "UMAP + GMM"}
 UMAP = {"n_components": 5, "n_neighbors": 20, "min_dist": 0.0}
 GMM_INITS = 10
 PCA_ABOVE = 30  # prepared tables wider than this go through PCA to PCA_DIMS before the GMM
@@ -387,6 +386,7 @@ def run_baseline(table: Table, method: str, seed: int) -> dict:
     from sklearn.mixture import GaussianMixture
 
     x, k = prepared(table), table.k
+    width = x.shape[1]
 
     def gmm(values: np.ndarray) -> np.ndarray:
         return GaussianMixture(k, covariance_type="full", n_init=GMM_INITS,
@@ -412,7 +412,7 @@ def run_baseline(table: Table, method: str, seed: int) -> dict:
         clusters = gmm(umap.UMAP(**UMAP, random_state=seed).fit_transform(x))
     seconds = time.perf_counter() - started
     return {"data": table.name, "method": method, "seed": seed, "k": k,
-            "command": f"{call} on the prepared table ({x.shape[1]} columns)",
+            "command": f"{call} on the prepared table ({width} columns)",
             "seconds": round(seconds, 2), **scores(labels_of(table), clusters)}
 
 
