@@ -15,26 +15,31 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import os
-import platform
-import subprocess
-import sys
 import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from benchmarks.common import (
+    CACHE,
+    DATA,
+    RESULTS,
+    ROOT,
+    TABLES_END,
+    TABLES_START,
+    between,
+    epoch_rows_per_s,
+    gmvae,
+    kept_notes,
+    machine,
+    machine_line,
+    matmul_peak_gflops,
+    model_flops_per_row,
+    score,
+)
 from gmvae_cli import checkpoint
-from gmvae_cli.metrics import hungarian_accuracy, majority_accuracy
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("GMVAE_DATA", ROOT.parent / "shared" / "data"))
-CACHE = ROOT / "bench-cache"
-RESULTS = ROOT / "bench-results"
 
 # (data set, K, seeds, extra options): the issue's runs; extra options only for the paper recipe.
 FULL_RUNS = [
@@ -100,50 +105,6 @@ def load_matrix(ds: dict) -> np.ndarray:
         return h5["train/data"][()].astype(np.float32)
 
 
-# -- scoring -------------------------------------------------------------------------------
-
-
-def score(labels: np.ndarray, clusters: np.ndarray, k: int, n_classes: int) -> dict:
-    one_to_one = k == n_classes
-    return {
-        "accuracy": hungarian_accuracy(labels, clusters) if one_to_one
-        else majority_accuracy(labels, clusters),
-        "accuracy_protocol": "hungarian" if one_to_one else "majority",
-        "majority_accuracy": majority_accuracy(labels, clusters),
-        "nmi": normalized_mutual_info_score(labels, clusters),
-        "ari": adjusted_rand_score(labels, clusters),
-        "non_empty_clusters": len(np.unique(clusters)),
-    }
-
-
-def gmvae(args: list[str]) -> float:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "gmvae_cli", *args], check=True, env=env)
-    return time.perf_counter() - started
-
-
-def model_flops_per_row(payload: dict) -> float:
-    """Training FLOPs per row: 2 FLOPs per multiply-add, x3 for forward + backward."""
-    cfg = payload["config"]
-    macs = {"encoder": 0, "prior": 0, "decoder": 0}
-    for name, tensor in payload["state_dict"].items():
-        part = name.split(".")[0]
-        if name.endswith("weight") and tensor.ndim == 2:
-            macs[part] += tensor.shape[0] * tensor.shape[1]
-    m = cfg["mc_samples"]
-    return 3 * 2 * (macs["encoder"] + m * (macs["prior"] + macs["decoder"]))
-
-
-def matmul_peak_gflops(size: int = 2048, repeats: int = 10) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    started = time.perf_counter()
-    for _ in range(repeats):
-        torch.mm(a, b)
-    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
-
-
 def run_gmvae(name: str, ds: dict, k: int, seed: int, extra: list[str], folder: Path) -> dict:
     tag = f"{name}-k{k}-s{seed}{'-' + '-'.join(extra).strip('-') if extra else ''}"
     model, out = folder / f"{tag}.pt", folder / f"{tag}.csv"
@@ -152,9 +113,7 @@ def run_gmvae(name: str, ds: dict, k: int, seed: int, extra: list[str], folder: 
     assign_s = gmvae(["assign", str(model), ds["file"], *ds["options"], "-o", str(out)])
     clusters = pd.read_csv(out)["cluster"].to_numpy()
     payload = checkpoint.load(str(model))
-    epochs = [h for h in payload["history"] if "seconds" in h]
-    rows = len(clusters)
-    rows_per_s = rows * len(epochs) / sum(h["seconds"] for h in epochs) if epochs else None
+    rows_per_s = epoch_rows_per_s(payload, len(clusters))
     result = {
         "data": name, "k": k, "seed": seed, "options": extra or ["(defaults)"],
         "train_seconds": round(train_s, 1), "assign_seconds": round(assign_s, 1),
@@ -256,8 +215,7 @@ def markdown(report: dict) -> str:
     lines = [
         "# Benchmarks: clustering quality",
         "",
-        (f"Measured {report['date']} with `{report['command']}` on {m['cpus']} CPU cores "
-        f"({m['processor']}), torch {m['torch']}, {m['threads']} torch threads. "
+        (f"Measured {report['date']} with `{report['command']}` on {machine_line(m)}. "
         f"Dense matmul peak in the same run: {report['matmul_gflops']:.1f} GFLOP/s."),
         "",
         ("Accuracy is Hungarian one-to-one matching when K equals the number of classes and "
@@ -304,8 +262,7 @@ def main() -> None:
     report = {
         "date": date.today().isoformat(),
         "command": "make bench-quick" if args.quick else "make bench",
-        "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": machine(),
         "matmul_gflops": matmul_peak_gflops(),
         "runs": runs, "summary": summarise(runs), "baselines": found,
     }
@@ -316,10 +273,11 @@ def main() -> None:
     print(text)
     if not args.quick:
         doc = ROOT / "docs" / "benchmarks.md"
-        # Hand-written analysis below the "## Notes" heading survives a rerun.
+        # Survive a rerun: the small-table section `make bench-tables` writes, and the
+        # hand-written analysis below the "## Notes" heading.
         old = doc.read_text() if doc.exists() else ""
-        notes = old[old.index("\n## Notes"):] if "\n## Notes" in old else ""
-        doc.write_text(text + notes)
+        tables = between(old, TABLES_START, TABLES_END)
+        doc.write_text(text + (f"\n{tables}\n" if tables else "") + kept_notes(old))
     print(f"wrote {out}" + ("" if args.quick else " and docs/benchmarks.md"))
 
 

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 import torch
 from sklearn.metrics import adjusted_rand_score
 
-from benchmarks.quality import matmul_peak_gflops
+from benchmarks.common import matmul_peak_gflops
 from gmvae_cli import checkpoint
 from gmvae_cli.api import GMVAE
 from gmvae_cli.data import TableWriter, iter_table, open_parquet, read_ahead
