@@ -170,7 +170,12 @@ def interrupted_then_resumed(monkeypatch, args: list[str], stop) -> tuple[dict, 
             raise KeyboardInterrupt
 
     monkeypatch.setattr(checkpoint, "save", save_then_interrupt)
-    assert run_cli(*args, "-o", "parts.pt").exit_code == 130
+    interrupted = run_cli(*args, "-o", "parts.pt")
+    assert interrupted.exit_code == 130
+    during_warm_start = checkpoint.load("parts.pt")["training"]["epoch"] == 0
+    assert interrupted.stderr.startswith(
+        "interrupted during the warm start: its progress is saved in parts.pt; "
+        if during_warm_start else "interrupted: the last finished epoch is saved in parts.pt; ")
     monkeypatch.setattr(checkpoint, "save", real_save)
     assert run_cli(*args, "-o", "parts.pt", "--resume").exit_code == 0
     whole, parts = checkpoint.load("whole.pt"), checkpoint.load("parts.pt")
@@ -343,3 +348,32 @@ def test_restarts_keep_the_best_elbo(small_csv, monkeypatch):
     assert {h["restart"] for h in model.history_} == {best}
     for name, tensor in model.net_.state_dict().items():
         assert torch.equal(tensor, seen[best][1][name]), name
+
+
+@pytest.mark.parametrize("stop", ["pretraining", "ready"])
+def test_interrupted_warm_start_resumes_where_it_stopped(small_csv, monkeypatch, stop):
+    """Ctrl-C during the default recipe's warm start keeps its progress: right after the
+    second pretraining epoch, or once the pseudo-clusters are found. --resume continues from
+    there (pretraining is not redone) and ends with the model of an uninterrupted run."""
+    from gmvae_cli import warm_start
+
+    args = ["train", small_csv, "--k", "3", "--epochs", "6", *TINY[2:]]  # 4 pretraining epochs
+
+    def at_stop(state):
+        recipe = state["recipe"]
+        if stop == "ready":
+            return state["epoch"] == 0 and recipe["stage"] == "ready"
+        return recipe["stage"] == "pretraining" and recipe["pretraining"]["epoch"] == 2
+
+    real_pretrain, started_at = warm_start.pretrain, []
+
+    def pretrain(*a, **kw):
+        state = a[-1] if len(a) > 8 else kw.get("state")
+        started_at.append(None if state is None else state["epoch"])
+        return real_pretrain(*a, **kw)
+
+    monkeypatch.setattr(warm_start, "pretrain", pretrain)
+    whole, parts = interrupted_then_resumed(monkeypatch, args, at_stop)
+    # whole, the interrupted run, then the resumed one (which pretrains only if it stopped there)
+    assert started_at == ([None, None, 2] if stop == "pretraining" else [None, None])
+    assert [h["phase"] for h in parts["history"]] == ["guided"] * 4 + ["elbo"] * 2

@@ -4,6 +4,7 @@ statistics, the shuffled chunk stream, `train --stream`, and torchrun with two C
 from __future__ import annotations
 
 import io
+import json
 import os
 import select
 import socket
@@ -140,16 +141,20 @@ def test_assign_in_small_batches_equals_one_big_batch(trained_model, blobs_files
 
 
 def test_train_stream_on_blobs(blobs_files, blobs, tmp_path):
-    """--stream with the default recipe: a note, the paper recipe, and clean clusters."""
+    """--stream keeps the default recipe: its warm start sees a sample of 400 rows, the
+    other 1,600 take their nearest sample rows' pseudo-clusters, and the clusters are clean."""
     model = tmp_path / "model.pt"
     result = run_cli("train", blobs_files / "blobs.csv", "--k", "5", "-o", model, "--stream",
-                     "--chunk-rows", "256", "--hidden", "32,32", "--epochs", "15")
+                     "--chunk-rows", "256", "--hidden", "32,32", "--epochs", "6",
+                     "--warm-sample", "400", "--quiet")
     assert result.exit_code == 0, result.stderr
-    assert "uses --recipe paper" in result.stderr
     fitted = GMVAE.load(str(model))
-    assert fitted.settings.recipe == "paper"
+    assert fitted.settings.recipe == "default"
+    assert json.loads(run_cli("info", model, "--json").stdout)["recipe"] == "default"
     assert adjusted_rand_score(blobs[1], fitted.predict(blobs[0])) >= 0.9
     assert sum(fitted.cluster_sizes_) == 2000
+    pseudo = checkpoint.load(str(model))["pseudo_labels"]
+    assert len(pseudo) == 2000 and adjusted_rand_score(blobs[1], pseudo) >= 0.9
 
 
 def test_stream_needs_a_file():
@@ -183,6 +188,19 @@ def two_process_model(blobs_files, tmp_path_factory):
     launch = ["--standalone", "--nproc-per-node", "2"]
     stderr = finished(torchrun(launch, blobs_files / "blobs.csv", folder))
     return folder, stderr
+
+
+@pytest.mark.timeout(120)
+def test_torchrun_default_recipe_on_two_processes(blobs_files, blobs, tmp_path):
+    """The default recipe under torchrun: rank 0 builds the warm start on a sample, both
+    ranks receive it and train on their halves; one model, clean clusters."""
+    launch = ["--standalone", "--nproc-per-node", "2"]
+    stderr = finished(torchrun(launch, blobs_files / "blobs.csv", tmp_path, "--recipe", "default",
+                               "--epochs", "6", "--warm-sample", "400"))
+    assert stderr.count("wrote ") == 1
+    model = GMVAE.load(str(tmp_path / "model.pt"))
+    assert model.settings.recipe == "default"
+    assert adjusted_rand_score(blobs[1], model.predict(blobs[0])) >= 0.9
 
 
 @pytest.mark.timeout(120)

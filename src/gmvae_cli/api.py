@@ -28,7 +28,6 @@ from gmvae_cli.preprocess import Preprocessor, choose_columns, named_columns
 from gmvae_cli.progress import Reporter
 from gmvae_cli.settings import TrainSettings, check
 from gmvae_cli.sources import InMemoryRows, as_frame, open_table
-from gmvae_cli.stream import ChunkStream
 from gmvae_cli.train import Trainer, evaluate_terms
 
 # A cluster holding less than this share of the rows counts as empty (collapse warnings).
@@ -54,10 +53,12 @@ class GMVAE:
         restarts: int = 1,
         device: str = "auto",
         missing: str = "error",
+        warm_sample: int = 50_000,
     ):
         check(k=k, x_dim=x_dim, w_dim=w_dim, hidden=tuple(hidden), mc_samples=mc_samples,
               lambda_z=lambda_z, likelihood=likelihood, recipe=recipe, epochs=epochs,
-              batch_size=batch_size, lr=lr, restarts=restarts, device=device, missing=missing)
+              batch_size=batch_size, lr=lr, restarts=restarts, device=device, missing=missing,
+              warm_sample=warm_sample)
         # input_dim and the likelihood are filled in by fit, from the data.
         self.config = ModelConfig(
             input_dim=1, k=k, x_dim=x_dim, w_dim=w_dim, hidden=tuple(hidden),
@@ -65,7 +66,7 @@ class GMVAE:
         )
         self.likelihood = likelihood
         self.settings = TrainSettings(recipe=recipe, epochs=epochs, batch_size=batch_size, lr=lr,
-                                      seed=seed, restarts=restarts)
+                                      seed=seed, restarts=restarts, warm_sample=warm_sample)
         self.device = device
         self.missing = missing
         self.net_: GMVAENet | None = None
@@ -114,16 +115,10 @@ class GMVAE:
             check_rows(kept, self.config.k)
         rows = table.rows(self.preprocessor_)
         self.timings_ = {"read": time.perf_counter() - started}
-        return self._train(rows, device, checkpoint_path, resume_state, reporter, note)
+        return self._train(rows, device, checkpoint_path, resume_state, reporter)
 
-    def _train(self, data, device, checkpoint_path, resume_state, reporter, note) -> GMVAE:
+    def _train(self, data, device, checkpoint_path, resume_state, reporter) -> GMVAE:
         """Run the training loop; under torchrun only rank 0 writes."""
-        if self.settings.recipe == "default" and (
-            isinstance(data, ChunkStream) or distributed.context().active
-        ):
-            note("note: the default recipe's warm start needs every row in one process; this "
-                 "run uses --recipe paper (the spec's ELBO from a random start)")
-            self.settings = replace(self.settings, recipe="paper")
         writes = checkpoint_path is not None and distributed.is_main()
 
         def save_state(state: dict) -> None:
@@ -131,7 +126,7 @@ class GMVAE:
             if writes:
                 checkpoint.save(checkpoint_path, self._payload(state["state_dict"], state))
 
-        chosen = recipe.make(self.settings.recipe, self.settings.epochs, self.settings.lr)
+        chosen = recipe.make(self.settings)
         trainer = Trainer(data, self.config, chosen, self.settings, device, reporter, save_state)
         fit = trainer.fit(resume=resume_state)
         self.net_, self.history_, self.terms_ = fit.net, fit.history, fit.terms

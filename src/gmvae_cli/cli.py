@@ -92,6 +92,7 @@ def train(
     lambda_z: Lambda = 0.5,
     likelihood: Likelihood = "auto",
     restarts: Annotated[int, typer.Option(help="Independent fits; the best ELBO is kept.")] = 1,
+    warm_sample: Annotated[int, typer.Option(help="Rows the default recipe's warm start sees (a seeded sample when the table is larger).")] = 50_000,
     seed: Seed = 0,
     device: Device = "auto",
     columns: Columns = None,
@@ -123,7 +124,7 @@ def train(
         "k": k, "x_dim": x_dim, "w_dim": w_dim, "hidden": parse_sizes(hidden, "--hidden"),
         "mc_samples": mc_samples, "lambda_z": lambda_z, "likelihood": likelihood, "recipe": recipe,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "restarts": restarts,
-        "device": device, "missing": missing,
+        "device": device, "missing": missing, "warm_sample": warm_sample,
     }
     check(**options, chunk_rows=chunk_rows)  # every option, before the data is read
     # Before a minute is spent: an existing model is kept unless told otherwise.

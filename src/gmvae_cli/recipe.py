@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from gmvae_cli import distributed, ranks, warm_start
 from gmvae_cli.batching import EVAL_BATCH
 from gmvae_cli.model import ELBOTerms, GMVAENet
+from gmvae_cli.settings import TrainSettings
 
 Report = Callable[[str, float], None]
 
@@ -109,10 +110,14 @@ class DefaultRecipe(Recipe):
     # kept them (0.951; K=10 seed 0: 0.945 -> 0.952) at the same ELBO.
     PSEUDO_LABEL_WEIGHT = 5.0
     CONFIDENCE = 0.9  # pseudo-labels below this responsibility get no cross-entropy
+    # Past this many rows the default phases shorten so that each does about the steps it
+    # does here (at least one epoch): 2,000,000 rows train 1 + 1 epochs, not 20 + 10.
+    FULL_EPOCHS_ROWS = 50_000
 
     def __init__(self, epochs: int | None = None, lr: float | None = None,
                  warm: warm_start.WarmStartSettings = warm_start.DEFAULT_SETTINGS):
         gmvae_epochs = self.GUIDED_EPOCHS + self.FREE_EPOCHS
+        self.epochs = epochs
         self.guided, self.free = scaled_epochs([self.GUIDED_EPOCHS, self.FREE_EPOCHS], epochs)
         self.lr = lr or self.LR
         # Pretraining scales with the GMVAE epochs and runs at the base rate.
@@ -121,6 +126,7 @@ class DefaultRecipe(Recipe):
         self.warm = dataclasses.replace(warm, pretrain_epochs=pretrain, pretrain_lr=self.lr)
         # start -> pretraining -> ready (pseudo-clusters found) -> trained (guided phase over)
         self.stage = "start"
+        self.rows = 0  # rows over all ranks, known once prepare has seen the data
         self.pretraining: dict | None = None  # resumable state while the autoencoders train
         self.placer: dict | None = None  # the sample's pseudo-clusters, and how to place rows
         self.targets: torch.Tensor | None = None  # (row numbers, K), this rank's rows
@@ -130,6 +136,7 @@ class DefaultRecipe(Recipe):
         """The warm start on a sample of the rows; under torchrun rank 0 builds it and every
         rank receives it. Resumable: a checkpoint after every pretraining epoch and once the
         pseudo-clusters are found."""
+        self.rows = data.rows
         if self.stage in ("start", "pretraining"):
             if ranks.is_main():
                 self._build(net, data, seed, batch_size, device, report, save)
@@ -179,8 +186,12 @@ class DefaultRecipe(Recipe):
         return table
 
     def phases(self) -> list[Phase]:
-        phases = [Phase("guided", self.guided, self.lr),
-                  Phase("elbo", self.free, self.lr * self.FREE_LR_SHARE)]
+        guided, free = self.guided, self.free
+        if self.epochs is None and self.rows > self.FULL_EPOCHS_ROWS:
+            share = self.FULL_EPOCHS_ROWS / self.rows
+            guided, free = (max(1, round(n * share)) for n in (guided, free))
+        phases = [Phase("guided", guided, self.lr),
+                  Phase("elbo", free, self.lr * self.FREE_LR_SHARE)]
         return [p for p in phases if p.epochs > 0]
 
     def start_phase(self, phase: Phase) -> None:
@@ -215,5 +226,8 @@ class DefaultRecipe(Recipe):
 RECIPES = {"default": DefaultRecipe, "paper": PaperRecipe}
 
 
-def make(name: str, epochs: int | None = None, lr: float | None = None) -> Recipe:
-    return RECIPES[name](epochs=epochs, lr=lr)
+def make(settings: TrainSettings) -> Recipe:
+    if settings.recipe == "paper":
+        return PaperRecipe(settings.epochs, settings.lr)
+    warm = dataclasses.replace(warm_start.DEFAULT_SETTINGS, sample_rows=settings.warm_sample)
+    return DefaultRecipe(settings.epochs, settings.lr, warm)

@@ -47,6 +47,7 @@ class TrainSettings:
     lr: float | None = None  # None: the recipe's own rates
     seed: int = 0
     restarts: int = 1  # independent fits; the one with the best ELBO is kept
+    warm_sample: int = 50_000  # the default recipe's warm start sees at most this many rows
 
     def to_dict(self) -> dict:
         return asdict(self)
