@@ -373,7 +373,7 @@ def test_interrupted_warm_start_resumes_where_it_stopped(small_csv, monkeypatch,
         return real_pretrain(*a, **kw)
 
     monkeypatch.setattr(warm_start, "pretrain", pretrain)
-    whole, parts = interrupted_then_resumed(monkeypatch, args, at_stop)
+    _, parts = interrupted_then_resumed(monkeypatch, args, at_stop)
     # whole, the interrupted run, then the resumed one (which pretrains only if it stopped there)
     assert started_at == ([None, None, 2] if stop == "pretraining" else [None, None])
     assert [h["phase"] for h in parts["history"]] == ["guided"] * 4 + ["elbo"] * 2
