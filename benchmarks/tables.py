@@ -45,8 +45,7 @@ drawn from a standard normal and rescaled so that the closest two are g apart:
 
 Methods, each for every seed (default 0, 1, 2):
 - GMVAE: `gmvae train FILE --k K --seed S` with only the options a user must add for the file
-  (`--exclude` the label, `--id-column`, and `--missing mean` for biopsy, whose missing values
-  otherwise stop the run), then `gmvae assign`. Its seconds are the wall time of `train`.
+  (`--exclude` the label, and `--id-column` for biopsy), then `gmvae assign`. Its seconds are the wall time of `train`.
   Beside it, the recipe's own pseudo-clusters (the checkpoint's `pseudo_labels`, where present).
 - Baselines on the table as a user would prepare it for scikit-learn: the id and label columns
   dropped, missing values filled with the column mean, numeric columns standardised, string
@@ -230,7 +229,6 @@ class Table:
     made: str  # one line for the doc
     label: str = "label"
     id_column: str | None = None
-    missing: str | None = None  # --missing for the GMVAE, where the file has missing values
 
     @property
     def path(self) -> Path:
@@ -252,8 +250,6 @@ class Table:
         options = ["--exclude", self.label]
         if self.id_column:
             options += ["--id-column", self.id_column]
-        if self.missing:
-            options += ["--missing", self.missing]
         return options
 
 
@@ -268,7 +264,7 @@ TABLES = [
           "classes (9-76 rows), label `type` (strings)", label="type"),
     Table("biopsy", 2, shared_table("biopsy"), "shared `tables/biopsy.csv`, 699 × 9 ordinal "
           "scores 1-10, id `ID` (repeats), 16 missing in `V6`, label `class`",
-          label="class", id_column="ID", missing="mean"),
+          label="class", id_column="ID"),
     Table("nuisance", 4, make_nuisance, "1,500 × 7: 4 blobs in 6 columns + `batch`, an "
           "integer column on {1, 2, 3} unrelated to the clusters"),
     Table("anisotropic", 3, make_anisotropic, "1,500 × 4: 3 blobs stretched 6× along one "

@@ -51,7 +51,8 @@ def blobs_csv(tmp_path_factory, blobs):
 def trained_model(tmp_path_factory, blobs_csv):
     """A checkpoint trained once on the blobs (paper recipe, small net) for read-only use."""
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    result = CliRunner().invoke(app, ["train", str(blobs_csv), "--k", "5", "-o", str(path), *FAST_TRAIN])
+    result = CliRunner().invoke(app, ["train", str(blobs_csv), "--k", "5", "-o", str(path),
+                                      "--missing", "error", *FAST_TRAIN])
     assert result.exit_code == 0, result.output
     return path
 

@@ -145,8 +145,8 @@ CASES = [
          "c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15"),
     Case("no-numeric-columns", "no numeric column at all", train("names_only.csv", "-o", "m.pt"),
          "error: the table has no numeric feature columns; check the file or --columns"),
-    Case("nan-inf-train", "NaN and ±inf, --missing error (the default), train",
-         train("holes.csv", "-o", "m.pt"),
+    Case("nan-inf-train", "NaN and ±inf, --missing error, train",
+         train("holes.csv", "--missing", "error", "-o", "m.pt"),
          "error: missing or infinite values in columns 'c1' (2), 'c4' (2); pass --missing drop "
          "or --missing mean, or clean the data"),
     Case("nan-inf-assign", "NaN and ±inf at assign (model trained with --missing error)",

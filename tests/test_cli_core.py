@@ -360,3 +360,18 @@ def test_options_are_checked_before_torch_or_the_data_is_loaded(tmp_path, args, 
     assert result.stdout.splitlines()[-1] == ("0 False" if message is None else "2 False")
     if message is not None:
         assert result.stderr == message + "\n"
+
+
+def test_missing_values_are_filled_by_default_with_a_note(tmp_path, blobs):
+    frame = blobs[0].iloc[:300].copy()
+    frame.loc[[3, 7, 11], "c2"] = np.nan
+    frame.loc[5, "c9"] = np.inf
+    frame.to_csv(tmp_path / "holes.csv", index=False)
+    result = run_cli("train", tmp_path / "holes.csv", "--k", 5, "-o", tmp_path / "m.pt",
+                     *[a for a in FAST_TRAIN if a != "--quiet"])
+    assert result.exit_code == 0, result.stderr
+    assert ("note: missing or infinite values in columns 'c2' (3), 'c9' (1): filled with the "
+            "column means (--missing drop or --missing error to change)") in result.stderr
+    pre = checkpoint.load(str(tmp_path / "m.pt"))["preprocess"]
+    assert pre["missing"] == "mean"
+    assert pre["fill"][2] == pytest.approx(frame["c2"].mean())

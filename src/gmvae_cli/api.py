@@ -52,7 +52,7 @@ class GMVAE:
         seed: int = 0,
         restarts: int = 1,
         device: str = "auto",
-        missing: str = "error",
+        missing: str = "mean",
         warm_sample: int = 50_000,
     ):
         check(k=k, x_dim=x_dim, w_dim=w_dim, hidden=tuple(hidden), mc_samples=mc_samples,
@@ -109,7 +109,7 @@ class GMVAE:
             chosen = choose_columns(table.first(), columns, exclude, id_column, note)
             self.id_column_ = id_column
             self.preprocessor_, kept = Preprocessor.fit(table.chunks(chosen), chosen,
-                                                        self.missing, self.likelihood)
+                                                        self.missing, self.likelihood, note)
             self.config = replace(self.config, input_dim=len(chosen),
                                   likelihood=self.preprocessor_.likelihood)
             check_rows(kept, self.config.k)

@@ -35,9 +35,14 @@ class GroupMoments:
         self.max = np.full((groups, width), -np.inf)
 
     def add(self, values: np.ndarray, group: np.ndarray) -> None:
-        """Add rows (rows, width), NaN where missing, each to its group in [0, groups)."""
+        """Add rows (rows, width), NaN where missing, each to its group in [0, groups).
+        Values too large to square overflow to inf quietly: the caller reports them."""
         if not len(values):
             return
+        with np.errstate(over="ignore", invalid="ignore"):
+            self._add(values, group)
+
+    def _add(self, values: np.ndarray, group: np.ndarray) -> None:
         order = np.argsort(group, kind="stable")  # each group's rows side by side
         group, values = group[order], values[order]
         present, starts = np.unique(group, return_index=True)

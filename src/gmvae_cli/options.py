@@ -125,4 +125,4 @@ Lambda = Annotated[float, typer.Option("--lambda", help="z-prior threshold λ.")
 Likelihood = Annotated[str, typer.Option("--likelihood", help="auto, gaussian or bernoulli.")]
 Columns = Annotated[str | None, typer.Option("--columns", help="Comma-separated feature columns.")]
 Exclude = Annotated[str | None, typer.Option("--exclude", help="Comma-separated columns to leave out (labels, ids).")]
-Missing = Annotated[str, typer.Option("--missing", help="NaN/inf values: error, drop or mean.")]
+Missing = Annotated[str, typer.Option("--missing", help="NaN/inf values: mean (fill with the column mean, with a note), drop (leave the row out) or error.")]

@@ -78,7 +78,8 @@ class Preprocessor:
 
     @classmethod
     def fit(
-        cls, chunks: Iterable[pd.DataFrame], columns: list[str], missing: str, likelihood: str
+        cls, chunks: Iterable[pd.DataFrame], columns: list[str], missing: str, likelihood: str,
+        note: Callable[[str], None] = lambda s: None,
     ) -> tuple[Preprocessor, int]:
         """The statistics from the table's chunks in one pass (a table in memory is one
         chunk), and the number of rows kept.
@@ -103,6 +104,11 @@ class Preprocessor:
             rows += len(values)
         if missing == "error" and absent.any():
             raise UserError(_missing_message(columns, absent))
+        if absent.any():
+            filled = "filled with the column means" if missing == "mean" else "rows left out"
+            other = "drop" if missing == "mean" else "mean"
+            note(f"note: missing or infinite values in {_counts(columns, absent)}: {filled} "
+                 f"(--missing {other} or --missing error to change)")
         if (every.n == 0).any():
             empty = columns[int(np.argmax(every.n == 0))]
             raise UserError(f"column {empty!r} has no finite values; drop it with --exclude")
@@ -185,7 +191,10 @@ class Preprocessor:
         return cls(**d)
 
 
+def _counts(columns: list[str], counts: np.ndarray) -> str:
+    return "columns " + ", ".join(f"{c!r} ({n})" for c, n in zip(columns, counts) if n)
+
+
 def _missing_message(columns: list[str], counts: np.ndarray) -> str:
-    worst = ", ".join(f"{c!r} ({n})" for c, n in zip(columns, counts) if n)
-    return (f"missing or infinite values in columns {worst}; "
+    return (f"missing or infinite values in {_counts(columns, counts)}; "
             "pass --missing drop or --missing mean, or clean the data")
