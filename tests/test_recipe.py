@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from conftest import make_blobs_frame, run_cli
-from gmvae_cli import recipe, settings, warm_start
+from gmvae_cli import neighbour_embedding, recipe, settings, warm_start
 from gmvae_cli.model import GMVAENet, ModelConfig, log_cluster_posterior
 from gmvae_cli.recipe import DefaultRecipe, PaperRecipe, Phase
 from gmvae_cli.sources import InMemoryRows
@@ -23,7 +23,7 @@ def prepared(net: GMVAENet, data: torch.Tensor, warm=SMALL, seed: int = 0) -> De
     """The default recipe's warm start on these rows (in memory), as the training loop runs it."""
     chosen = DefaultRecipe(warm=warm)
     chosen.prepare(net, InMemoryRows(data.numpy()), seed=seed, batch_size=64, device=CPU,
-                   report=lambda stage, done: None, save=lambda: None)
+                   report=lambda stage, done: None, save=lambda: None, timings={})
     return chosen
 
 
@@ -130,24 +130,67 @@ def test_exact_neighbours_match_brute_force_search_across_blocks():
     from sklearn.neighbors import NearestNeighbors
 
     codes = np.random.default_rng(5).standard_normal((300, 7)).astype(np.float32)
-    index, distance = warm_start.exact_neighbours(codes, 6, block_elements=300 * 64)  # 5 blocks
+    index, distance = neighbour_embedding.exact_knn(torch.from_numpy(codes), 6,
+                                                    block_elements=300 * 64)  # 5 blocks
     want_distance, want_index = NearestNeighbors(n_neighbors=6, algorithm="brute").fit(codes).kneighbors(codes)
-    np.testing.assert_array_equal(index, want_index)
-    np.testing.assert_array_equal(index[:, 0], np.arange(300))  # each row is its own nearest
+    np.testing.assert_array_equal(index.numpy(), want_index)
+    np.testing.assert_array_equal(index[:, 0].numpy(), np.arange(300))  # each row its own nearest
     assert (distance[:, 0] == 0).all()  # exactly: UMAP reads the first non-zero as a neighbour
-    np.testing.assert_allclose(distance, want_distance, atol=1e-4)
+    np.testing.assert_allclose(distance.numpy(), want_distance, atol=1e-4)
 
 
-def test_small_narrow_tables_are_clustered_on_their_inputs():
-    """Below umap_min_rows, a table no wider than the joined codes gets its pseudo-clusters
-    from its own standardised columns; a wider one from the autoencoders' codes."""
-    frame, _ = make_blobs_frame(n_rows=200, n_features=6, k=3, seed=2)
+def test_dequantising_spreads_grid_columns_by_one_step():
+    rng = np.random.default_rng(0)
+    values = np.column_stack([
+        rng.integers(1, 4, 500) * 2.0,  # a code on a grid of step 2
+        rng.integers(0, 2, 500),  # one-hot 0/1
+        rng.normal(size=500),  # continuous: left alone
+        np.r_[np.zeros(499), 0.3],  # two values, one grid step: spread too
+    ])
+    out = warm_start.dequantised(values, np.random.default_rng(1), max_values=32)
+    np.testing.assert_array_equal(out[:, 2], values[:, 2])
+    for j, step in ((0, 2.0), (1, 1.0), (3, 0.3)):
+        noise = out[:, j] - values[:, j]
+        assert np.abs(noise).max() <= step / 2 and noise.std() > step / 5
+        np.testing.assert_array_equal(np.round(out[:, j] / step) * step, values[:, j])
+
+
+def test_a_nuisance_code_column_does_not_capture_the_mixture():
+    """Blobs plus an integer column on {1, 2, 3} unrelated to them: a full-covariance
+    mixture on the raw columns fits the code's flat sheets on some seeds; dequantised, it
+    finds the blobs on every seed."""
+    from sklearn.metrics import adjusted_rand_score as ari
+
+    frame, labels = make_blobs_frame(n_rows=900, n_features=6, k=4, seed=6, spread=5.0)
+    frame["batch"] = np.random.default_rng(7).integers(1, 4, len(frame))
+    columns = ((frame - frame.mean()) / frame.std()).to_numpy()
+    timings: dict = {}
+    raw = [warm_start._mixture(columns, 4, s, SMALL, timings).argmax(1) for s in range(4)]
+    fixed = [warm_start._mixture(warm_start._columns_space(columns, s, SMALL), 4, s, SMALL,
+                                 timings).argmax(1) for s in range(4)]
+    assert min(ari(labels, c) for c in fixed) >= 0.95
+    assert min(ari(labels, c) for c in raw) < 0.9
+
+
+def test_blobs_are_clustered_on_their_columns():
+    """On blobs the columns' mixture is as stable as the graph's: the plainer one is kept."""
+    from sklearn.metrics import adjusted_rand_score as ari
+
+    frame, labels = make_blobs_frame(n_rows=600, n_features=4, k=3, seed=8)
     data = torch.tensor(((frame - frame.mean()) / frame.std()).to_numpy(), dtype=torch.float32)
-    on_inputs = warm_start.pseudo_responsibilities(warm_start._standardised(data).numpy(), 3, 0, SMALL)
-    for x_dim, expect_inputs in ((3, True), (2, False)):  # joined codes: 6 or 4 columns wide
-        net = GMVAENet(ModelConfig(input_dim=6, k=3, x_dim=x_dim, w_dim=2, hidden=(16,), prior_hidden=16))
-        resp = prepared(net, data).targets
-        assert np.allclose(resp.numpy(), on_inputs) == expect_inputs
+    net = GMVAENet(ModelConfig(input_dim=4, k=3, hidden=(16,)))
+    timings: dict = {}
+    resp, _, found = warm_start.pseudo_clusters([net], data, 0, CPU, lambda s, f: None, timings, SMALL)
+    assert found["chosen"] == "columns" and set(found["stability"]) == {"columns", "graph"}
+    assert ari(labels, resp.argmax(1).numpy()) >= 0.99
+    assert set(timings) == {"neighbours", "embedding", "mixture"}
+
+
+@pytest.mark.parametrize(("columns", "graph", "chosen"),
+                         [(1.0, 1.0, "columns"), (0.60, 0.605, "columns"), (0.87, 0.97, "graph")])
+def test_the_more_stable_candidate_is_chosen(columns, graph, chosen):
+    candidates = [warm_start.Candidate("columns", [], columns), warm_start.Candidate("graph", [], graph)]
+    assert warm_start.choose(candidates, margin=0.01).name == chosen
 
 
 def test_default_recipe_on_iris_beats_kmeans(tmp_path):

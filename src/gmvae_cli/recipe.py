@@ -16,6 +16,7 @@ epochs and its rate relative to the others (`scaled_epochs`).
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,11 +44,12 @@ class Recipe:
     name = ""
 
     def prepare(self, net: GMVAENet, data, *, seed: int, batch_size: int,
-                device: torch.device, report: Report, save: Callable[[], None]) -> None:
+                device: torch.device, report: Report, save: Callable[[], None],
+                timings: dict[str, float]) -> None:
         """Called before the first epoch of each restart, with a fresh network, and again
         when a run resumes (after load_state_dict): it continues where the checkpoint left
         off. `save()` writes a resumable checkpoint of the work so far (the network and
-        this recipe's state_dict)."""
+        this recipe's state_dict). Seconds spent per stage go into `timings`."""
 
     def phases(self) -> list[Phase]:
         raise NotImplementedError
@@ -131,16 +133,18 @@ class DefaultRecipe(Recipe):
         self.placer: dict | None = None  # the sample's pseudo-clusters, and how to place rows
         self.targets: torch.Tensor | None = None  # (row numbers, K), this rank's rows
         self.pseudo_labels: torch.Tensor | None = None
+        self.found: dict = {}  # how the pseudo-clusters were chosen (warm_start.pseudo_clusters)
 
-    def prepare(self, net, data, *, seed, batch_size, device, report, save) -> None:
+    def prepare(self, net, data, *, seed, batch_size, device, report, save, timings) -> None:
         """The warm start on a sample of the rows; under torchrun rank 0 builds it and every
         rank receives it. Resumable: a checkpoint after every pretraining epoch and once the
         pseudo-clusters are found."""
         self.rows = data.rows
         if self.stage in ("start", "pretraining"):
             if ranks.is_main():
-                self._build(net, data, seed, batch_size, device, report, save)
-            state, self.placer = distributed.from_main((net.state_dict(), self.placer))
+                self._build(net, data, seed, batch_size, device, report, save, timings)
+            state, self.placer, self.found = distributed.from_main(
+                (net.state_dict(), self.placer, self.found))
             net.load_state_dict(state)
             self.stage, self.pretraining = "ready", None
             save()
@@ -148,10 +152,12 @@ class DefaultRecipe(Recipe):
             self.targets = self._place(data, net.cfg.k, device)
             self.pseudo_labels = self.targets.argmax(1).to(torch.int32)
 
-    def _build(self, net, data, seed, batch_size, device, report, save) -> None:
+    def _build(self, net, data, seed, batch_size, device, report, save, timings) -> None:
+        timed = time.perf_counter()
         sample, numbers = data.sample(self.warm.sample_rows, seed)
+        timings["sample"] = timings.get("sample", 0.0) + time.perf_counter() - timed
         helpers = []
-        for i in range(warm_start.autoencoders(sample, net.cfg, self.warm) - 1):
+        for i in range(warm_start.autoencoders(sample, self.warm) - 1):
             # Same shape, each its own initialisation, drawn aside: the global random state
             # (which a resumed run restores) stays where an uninterrupted run has it.
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -162,10 +168,12 @@ class DefaultRecipe(Recipe):
             self.stage, self.pretraining = "pretraining", pretraining
             save()
 
+        timed = time.perf_counter()
         warm_start.pretrain([net, *helpers], sample, self.warm, batch_size, device, seed, report,
                             checkpoint, self.pretraining)
-        resp, view = warm_start.pseudo_clusters([net, *helpers], sample, seed, device, report,
-                                                self.warm)
+        timings["pretrain"] = timings.get("pretrain", 0.0) + time.perf_counter() - timed
+        resp, view, self.found = warm_start.pseudo_clusters(
+            [net, *helpers], sample, seed, device, report, timings, self.warm)
         covers = len(sample) == data.rows  # every row in the sample: no placing needed
         self.placer = {
             "numbers": numbers, "resp": resp, "covers": covers,
@@ -212,15 +220,16 @@ class DefaultRecipe(Recipe):
 
     def state_dict(self) -> dict:
         return {"stage": self.stage, "pretraining": self.pretraining, "placer": self.placer,
-                "pseudo_labels": self.pseudo_labels}
+                "pseudo_labels": self.pseudo_labels, "found": self.found}
 
     def load_state_dict(self, state: dict) -> None:
         self.stage, self.pretraining = state["stage"], state["pretraining"]
         self.placer, self.pseudo_labels = state["placer"], state["pseudo_labels"]
+        self.found = state.get("found", {})
         self.targets = None  # placed again from the placer (prepare)
 
     def summary(self) -> dict:
-        return {"pseudo_labels": self.pseudo_labels}
+        return {"pseudo_labels": self.pseudo_labels, "warm_start": self.found}
 
 
 RECIPES = {"default": DefaultRecipe, "paper": PaperRecipe}

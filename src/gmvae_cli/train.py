@@ -101,7 +101,7 @@ class Trainer:
         self.reporter = reporter or Reporter(quiet=True)
         self.save = save or (lambda state: None)
         self.timings: dict[str, float] = {}
-        self._stage: tuple[str, float, int] | None = None  # name, started, percent shown
+        self._stage: tuple[str, int] | None = None  # a recipe's stage and the percent shown
 
     def fit(self, resume: dict | None = None) -> Fit:
         """All restarts; returns the best by mean ELBO."""
@@ -156,7 +156,7 @@ class Trainer:
         # A fresh run's warm start, or a resumed run's rest of it (a no-op once it is done).
         self.recipe.prepare(net, self.data, seed=seed, batch_size=self.settings.batch_size,
                             device=self.device, report=self._report_stage,
-                            save=checkpoint)
+                            save=checkpoint, timings=self.timings)
         # Created after prepare: a warm start may have moved parameters.
         optimizer = torch.optim.Adam(net.parameters())
         if state is not None and state["optimizer"] is not None:
@@ -164,7 +164,6 @@ class Trainer:
         trained = distributed.for_training(net, self.device)  # wrapped in DDP under torchrun
         schedule = [phase for phase in self.recipe.phases() for _ in range(phase.epochs)]
         restarts = self.settings.restarts
-        self._end_stage()
         self.reporter.stage(f"training{f' (restart {r + 1}/{restarts})' if restarts > 1 else ''}",
                             len(schedule))
         self.reporter.update(start)
@@ -217,21 +216,12 @@ class Trainer:
         return record
 
     def _report_stage(self, stage: str, fraction: float) -> None:
-        """A recipe reports (stage, fraction done) while it prepares: shown as a 100-step bar
-        per stage, and each stage's seconds are kept in the timings."""
+        """A recipe reports (stage, fraction done) while it prepares: a 100-step bar per stage."""
         if self._stage is None or self._stage[0] != stage:
-            self._end_stage()
-            self._stage = (stage, time.perf_counter(), 0)
+            self._stage = (stage, 0)
             self.reporter.stage(stage, 100)
-        name, started, shown = self._stage
+        name, shown = self._stage
         step = round(fraction * 100) - shown
         if step > 0:
-            self._stage = (name, started, shown + step)
+            self._stage = (name, shown + step)
             self.reporter.update(step)
-
-    def _end_stage(self) -> None:
-        if self._stage is not None:
-            name, started, _ = self._stage
-            key = name.split(" ")[0]  # "pretrain 2/2" counts as pretrain
-            self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - started
-            self._stage = None

@@ -1,18 +1,24 @@
-"""The default recipe's warm start: pretrained autoencoder codes, UMAP + GMM pseudo-clusters,
-and a prior network initialised to them.
+"""The default recipe's warm start: pretrained autoencoder codes, pseudo-clusters of a sample
+of rows, and a prior network initialised to them.
 
 Why: a GMVAE trained from scratch finds poor, seed-dependent clusters (the paper's own K = 10
-spread is 4-10 points). Pixels and plain autoencoder codes cluster badly; what separates
-digits-like data is the k-nearest-neighbour structure that UMAP respects. So we use UMAP + a
-full-covariance GMM on the pretrained codes only to *start* the GMVAE: its prior components are
-set to the clusters' code statistics, and the recipe's guided phase (recipe.py) teaches the
-encoder and prior those clusters. The GMVAE itself assigns, samples and scores afterwards.
+spread is 4-10 points). Two ways to find the pseudo-clusters suit different tables:
+- a Gaussian mixture on the columns themselves (standardised, discrete columns dequantised,
+  PCA where the table is wide): blobs, elongated clusters, most measurement tables;
+- a mixture on a neighbour-graph embedding (UMAP's method, neighbour_embedding.py) of the
+  columns, or of autoencoder codes for large image-like tables: digits, manifolds, one-hot
+  blocks.
+Neither wins everywhere, and labels may not choose, so both run twice with different seeds
+and the one that finds the same partition again (higher stability, the adjusted Rand index
+between its two runs) is kept; on a tie, the plainer mixture on the columns. The prior
+network is then set to the chosen clusters' code statistics, and the recipe's guided phase
+(recipe.py) teaches the encoder and prior those clusters. The GMVAE itself assigns,
+samples and scores afterwards.
 """
 
 from __future__ import annotations
 
-import os
-import warnings
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gmvae_cli import neighbour_embedding
 from gmvae_cli.batching import EVAL_BATCH, index_batches
 from gmvae_cli.model import Encoder, GMVAENet, ModelConfig
 
@@ -28,27 +35,32 @@ Report = Callable[[str, float], None] | None
 
 @dataclass(frozen=True)
 class WarmStartSettings:
-    pretrain_epochs: int = 20  # autoencoder epochs before UMAP
+    pretrain_epochs: int = 20  # autoencoder epochs before the pseudo-clusters
     pretrain_lr: float = 1e-3
-    umap_dims: int = 5  # 10 dims gave the GMM bimodal restarts (0.81 vs 0.95); 5 is steadier
-    gmm_inits: int = 10  # k-means-initialised restarts, best likelihood kept (unsupervised);
-    # single fits often split one digit and merge two (0.81 vs 0.94 on MNIST)
-    umap_neighbours: int = 20
-    umap_min_rows: int = 500  # below this, no UMAP (its graph is too thin to help), and the
-    # GMM sees the columns themselves where they are no wider than the codes (warm_start)
-    # UMAP's neighbours by exact search up to here (pseudo_responsibilities): 4 s for 30k rows,
-    # 43 s for 100k (square of the rows); pynndescent's ~20 s compile is cheaper past ~50k
-    exact_knn_max_rows: int = 50_000
-    prior_weight_scale: float = 0.01  # shrink β's output weights so every w gives ~ the init
     sample_rows: int = 50_000  # the warm start sees at most this many rows (--warm-sample)
     place_neighbours: int = 10  # rows outside the sample take their nearest sample rows' clusters
+    embed_dims: int = 5  # 10 dims gave the GMM bimodal restarts (MNIST 0.81 vs 0.95); 5 is steadier
+    embed_neighbours: int = 20
+    embed_min_rows: int = 100  # below this a neighbour graph is too thin to cluster on
+    gmm_inits: int = 10  # k-means-initialised restarts, best likelihood kept (unsupervised);
+    # single fits often split one digit and merge two (0.81 vs 0.94 on MNIST)
+    columns_max_dims: int = 10  # the columns' mixture runs on PCA to this many dims past
+    columns_pca_above: int = 30  # this many columns (a full covariance needs rows per dim)
+    graph_max_dims: int = 50  # the neighbour graph of a wider table is built on PCA to this
+    # Autoencoder codes replace the columns in the neighbour graph for tables at least this
+    # large and wide: on MNIST and USPS codes beat the pixels (0.947 vs 0.87 MNIST), on the
+    # 1,797-row digits the pixels beat codes learnt from so few rows (0.94 vs 0.76-0.87).
+    codes_min_rows: int = 5_000
+    codes_min_width: int = 50
     autoencoders: int = 2  # codes of independently initialised autoencoders, concatenated:
     # one autoencoder's codes sometimes merge two digits (MNIST seed 4: 0.82 with UMAP + GMM);
     # two together gave 0.943-0.949 on every pair tried, including that seed's
+    stability_margin: float = 0.01  # the graph's stability must beat the columns' by this
+    discrete_max_values: int = 32  # a column with at most this many values on a grid is discrete
+    prior_weight_scale: float = 0.01  # shrink β's output weights so every w gives ~ the init
 
 
 DEFAULT_SETTINGS = WarmStartSettings()
-UMAP_SMALL_DATA = 4096  # umap-learn computes all distances itself below this many rows
 
 
 def pretrain(
@@ -105,67 +117,6 @@ def encode_means(net: GMVAENet, data: torch.Tensor, device: torch.device) -> tor
            for i in range(0, len(data), EVAL_BATCH)]
     net.train()
     return torch.cat(out)
-
-
-def pseudo_responsibilities(codes: np.ndarray, k: int, seed: int, settings: WarmStartSettings) -> np.ndarray:
-    """UMAP on the codes, then a full-covariance GMM on the embedding: (N, K) responsibilities."""
-    from sklearn.mixture import GaussianMixture
-
-    n, dim = codes.shape
-    if n < k:
-        raise ValueError(f"cannot make {k} clusters from {n} rows")
-    emb = codes
-    # UMAP needs a real neighbourhood graph and only helps when it reduces the dimension;
-    # on tiny tables it is also mostly numba compile time, so the GMM sees the codes directly.
-    if n >= settings.umap_min_rows and dim > settings.umap_dims:
-        os.environ.setdefault("NUMBA_NUM_THREADS", str(torch.get_num_threads()))
-        import umap  # slow to import (numba); only the warm start needs it
-
-        neighbours = min(settings.umap_neighbours, n - 1)
-        # Exact neighbours by matrix products (0.5 s for 10k rows) instead of UMAP's own
-        # approximate search (pynndescent, from 4,096 rows; below it UMAP is exact itself),
-        # which spends ~20 s of every run compiling numba code.
-        exact = None
-        if UMAP_SMALL_DATA <= n <= settings.exact_knn_max_rows:
-            exact = exact_neighbours(codes, neighbours)
-        reducer = umap.UMAP(
-            n_components=settings.umap_dims,
-            n_neighbors=neighbours,
-            min_dist=0.0,  # tight clumps: what a GMM separates best
-            random_state=seed,  # reproducible, which makes UMAP single-threaded
-            n_jobs=1,
-            precomputed_knn=exact or (None, None, None),
-        )
-        with warnings.catch_warnings():  # UMAP's notes are not for our users' stderr
-            warnings.simplefilter("ignore")
-            emb = reducer.fit_transform(codes)
-    gmm = GaussianMixture(
-        k, covariance_type="full", random_state=seed, n_init=settings.gmm_inits, reg_covar=1e-4
-    ).fit(emb)
-    return gmm.predict_proba(emb)
-
-
-@torch.no_grad()
-def exact_neighbours(
-    codes: np.ndarray, k: int, block_elements: int = 2**25
-) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's k nearest rows, nearest first (itself, or a duplicate of it), and their
-    Euclidean distances, as UMAP's `precomputed_knn` takes them; blocks of rows keep each
-    block's distance matrix near 128 MB."""
-    x = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32))
-    squared = (x * x).sum(1)
-    index = np.empty((len(x), k), dtype=np.int64)
-    distance = np.empty((len(x), k), dtype=np.float32)
-    block = max(1, block_elements // len(x))
-    for start in range(0, len(x), block):
-        rows = slice(start, start + block)
-        d2 = (squared[rows, None] - 2.0 * x[rows] @ x.T + squared[None, :]).clamp_min_(0.0)
-        # A row's distance to itself must be exactly 0 (rounding leaves ~1e-3): UMAP takes
-        # the first non-zero distance as the nearest neighbour's.
-        d2[torch.arange(d2.shape[0]), torch.arange(start, start + d2.shape[0])] = 0.0
-        nearest, at = torch.topk(d2, k, dim=1, largest=False)  # sorted, nearest first
-        index[rows], distance[rows] = at.numpy(), nearest.sqrt().numpy()
-    return index, distance
 
 
 @torch.no_grad()
@@ -233,19 +184,23 @@ class View(nn.Module):
         return view
 
 
-def autoencoders(sample: torch.Tensor, config: ModelConfig, settings: WarmStartSettings) -> int:
-    """How many autoencoders the warm start trains: none but the GMVAE's own for a small
-    table no wider than the joined codes (its own columns are clustered: codes learnt from a
-    few hundred rows add noise and no reduction), else `settings.autoencoders`."""
-    if clusters_inputs(sample, config, settings):
-        return 1
-    return settings.autoencoders
+def uses_codes(sample: torch.Tensor, settings: WarmStartSettings) -> bool:
+    return len(sample) >= settings.codes_min_rows and sample.shape[1] > settings.codes_min_width
 
 
-def clusters_inputs(sample: torch.Tensor, config: ModelConfig, settings: WarmStartSettings) -> bool:
-    # Mean ARI, seeds 0-3: iris 0.61 -> 0.92, wine 0.82 -> 0.88 (docs/benchmarks.md).
-    return (len(sample) < settings.umap_min_rows
-            and sample.shape[1] <= settings.autoencoders * config.x_dim)
+def autoencoders(sample: torch.Tensor, settings: WarmStartSettings) -> int:
+    """How many autoencoders the warm start trains: the GMVAE's own, plus helpers whose codes
+    join its own in the neighbour graph of a large image-like table."""
+    return settings.autoencoders if uses_codes(sample, settings) else 1
+
+
+@dataclass
+class Candidate:
+    """One way to find the pseudo-clusters: two runs (seeds) and how much they agree."""
+
+    name: str
+    runs: list[np.ndarray]  # (n, K) responsibilities of each run
+    stability: float  # adjusted Rand index between the runs' hard clusters
 
 
 def pseudo_clusters(
@@ -254,20 +209,114 @@ def pseudo_clusters(
     seed: int,
     device: torch.device,
     report: Report,
+    timings: dict[str, float],
     settings: WarmStartSettings = DEFAULT_SETTINGS,
-) -> tuple[torch.Tensor, View]:
-    """(n, K) pseudo-responsibilities of the sample rows, and the view they were found in.
-
-    The first net is the GMVAE itself: its prior network is initialised to the clusters.
-    """
-    net = nets[0]
-    report("umap", 0.0)
-    view = View.of(None if clusters_inputs(sample, net.cfg, settings) else nets, sample, device)
-    joined = view(sample, device)
-    resp = torch.from_numpy(pseudo_responsibilities(joined.numpy(), net.cfg.k, seed, settings)).float()
+) -> tuple[torch.Tensor, View, dict]:
+    """(n, K) pseudo-responsibilities of the sample rows, the view that places other rows
+    among them, and what was measured to choose them (module doc). The first net is the
+    GMVAE itself: its prior network is initialised to the clusters."""
+    net, k = nets[0], nets[0].cfg.k
+    inputs = View.of(None, sample, device)
+    columns = inputs(sample, device).numpy().astype(np.float64)  # standardised
+    codes = uses_codes(sample, settings)
+    graph_view = View.of(nets, sample, device) if codes else inputs
+    seeds = [seed, seed + 1]
+    report("pseudo-clusters", 0.0)
+    candidates = [_candidate("columns", lambda s: _mixture(
+        _columns_space(columns, s, settings), k, s, settings, timings), seeds)]
+    if len(sample) >= max(settings.embed_min_rows, 3 * k):
+        graph = graph_view(sample, device).numpy() if codes else columns
+        graph = _pca(graph, settings.graph_max_dims, seed)
+        timed = time.perf_counter()
+        knn = neighbour_embedding.exact_knn(torch.from_numpy(graph.astype(np.float32)),
+                                            min(settings.embed_neighbours, len(graph) - 1))
+        _add(timings, "neighbours", timed)
+        candidates.append(_candidate("graph", lambda s: _mixture(
+            _embedding(graph, knn, s, settings, timings), k, s, settings, timings), seeds))
+    report("pseudo-clusters", 1.0)
+    chosen = choose(candidates, settings.stability_margin)
+    resp = torch.from_numpy(chosen.runs[0]).float()
     init_prior(net, encode_means(net, sample, device), resp, settings)
-    report("umap", 1.0)
-    return resp, view
+    view = graph_view if chosen.name == "graph" else inputs
+    found = {"chosen": chosen.name, "stability": {c.name: c.stability for c in candidates}}
+    return resp, view, found
+
+
+def choose(candidates: list[Candidate], margin: float) -> Candidate:
+    """The most stable candidate; an earlier (plainer) one wins unless beaten by `margin`."""
+    chosen = candidates[0]
+    for candidate in candidates[1:]:
+        if candidate.stability > chosen.stability + margin:
+            chosen = candidate
+    return chosen
+
+
+def _candidate(name: str, cluster, seeds: list[int]) -> Candidate:
+    from sklearn.metrics import adjusted_rand_score
+
+    runs = [cluster(s) for s in seeds]
+    labels = [r.argmax(1) for r in runs]
+    return Candidate(name, runs, float(adjusted_rand_score(labels[0], labels[1])))
+
+
+def _columns_space(columns: np.ndarray, seed: int, settings: WarmStartSettings) -> np.ndarray:
+    """The columns as a mixture sees them: discrete columns dequantised (a column of a few
+    integer values is a stack of flat sheets that a full covariance fits with infinite
+    likelihood, capturing the mixture), then PCA where the table is wide."""
+    space = dequantised(columns, np.random.default_rng(seed), settings.discrete_max_values)
+    if space.shape[1] > settings.columns_pca_above:
+        space = _pca(space, settings.columns_max_dims, seed)
+    return space
+
+
+def dequantised(values: np.ndarray, rng: np.random.Generator, max_values: int) -> np.ndarray:
+    """Each column of at most `max_values` values on an even grid (integer codes, scores,
+    counts, one-hot 0/1) plus uniform noise one grid step wide: the standard dequantisation
+    of discrete data for a continuous density."""
+    out = values.copy()
+    for j in range(values.shape[1]):
+        levels = np.unique(values[:, j])
+        if 1 < len(levels) <= max_values:
+            gaps = np.diff(levels)
+            step = gaps.min()
+            if np.allclose(gaps / step, np.round(gaps / step), atol=1e-6):
+                out[:, j] += rng.uniform(-step / 2, step / 2, len(values))
+    return out
+
+
+def _pca(values: np.ndarray, dims: int, seed: int) -> np.ndarray:
+    if values.shape[1] <= dims:
+        return values
+    from sklearn.decomposition import PCA
+
+    return PCA(dims, random_state=seed).fit_transform(values)
+
+
+def _embedding(graph: np.ndarray, knn, seed: int, settings: WarmStartSettings,
+               timings: dict[str, float]) -> np.ndarray:
+    timed = time.perf_counter()
+    emb = neighbour_embedding.embed(graph, dims=settings.embed_dims,
+                                    n_neighbors=knn[0].shape[1], seed=seed,
+                                    knn=(knn[0].numpy(), knn[1].numpy()))
+    _add(timings, "embedding", timed)
+    return emb
+
+
+def _mixture(space: np.ndarray, k: int, seed: int, settings: WarmStartSettings,
+             timings: dict[str, float]) -> np.ndarray:
+    """A full-covariance GMM's responsibilities, best of settings.gmm_inits k-means starts."""
+    from sklearn.mixture import GaussianMixture
+
+    timed = time.perf_counter()
+    gmm = GaussianMixture(k, covariance_type="full", random_state=seed,
+                          n_init=settings.gmm_inits, reg_covar=1e-4).fit(space)
+    resp = gmm.predict_proba(space)
+    _add(timings, "mixture", timed)
+    return resp
+
+
+def _add(timings: dict[str, float], name: str, since: float) -> None:
+    timings[name] = timings.get(name, 0.0) + time.perf_counter() - since
 
 
 @torch.no_grad()
@@ -279,7 +328,3 @@ def place(view: View, sample_view: torch.Tensor, sample_resp: torch.Tensor, rows
     d2 = (x * x).sum(1, keepdim=True) - 2.0 * x @ sample_view.T + (sample_view * sample_view).sum(1)
     nearest = torch.topk(d2, min(neighbours, len(sample_view)), dim=1, largest=False).indices
     return sample_resp[nearest].mean(1)  # (B, K)
-
-
-def _standardised(values: torch.Tensor) -> torch.Tensor:
-    return (values - values.mean(0)) / values.std(0).clamp_min(1e-8)
