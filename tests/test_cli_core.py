@@ -375,3 +375,18 @@ def test_missing_values_are_filled_by_default_with_a_note(tmp_path, blobs):
     pre = checkpoint.load(str(tmp_path / "m.pt"))["preprocess"]
     assert pre["missing"] == "mean"
     assert pre["fill"][2] == pytest.approx(frame["c2"].mean())
+
+
+@pytest.mark.parametrize(("columns", "width"), [(4, 64), (6, 64), (12, 96), (50, 416), (64, 500), (784, 500)])
+def test_auto_width_follows_the_columns(columns, width):
+    from gmvae_cli.api import auto_hidden
+
+    assert auto_hidden(columns) == (width, width)
+
+
+def test_hidden_auto_is_resolved_and_stored(tmp_path, blobs):
+    data = tmp_path / "blobs.csv"
+    blobs[0].iloc[:300].to_csv(data, index=False)
+    args = [a for a in FAST_TRAIN if a not in ("--hidden", "32,32")]
+    assert run_cli("train", data, "--k", 5, "-o", tmp_path / "m.pt", *args).exit_code == 0
+    assert checkpoint.load(str(tmp_path / "m.pt"))["config"]["hidden"] == [128, 128]  # 16 columns

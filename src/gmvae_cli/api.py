@@ -41,7 +41,7 @@ class GMVAE:
         *,
         x_dim: int = 10,
         w_dim: int = 10,
-        hidden: Sequence[int] = (500, 500),
+        hidden: Sequence[int] | str = "auto",
         mc_samples: int = 1,
         lambda_z: float = 0.5,
         likelihood: str = "auto",
@@ -55,13 +55,15 @@ class GMVAE:
         missing: str = "mean",
         warm_sample: int = 50_000,
     ):
-        check(k=k, x_dim=x_dim, w_dim=w_dim, hidden=tuple(hidden), mc_samples=mc_samples,
+        check(k=k, x_dim=x_dim, w_dim=w_dim, hidden=hidden, mc_samples=mc_samples,
               lambda_z=lambda_z, likelihood=likelihood, recipe=recipe, epochs=epochs,
               batch_size=batch_size, lr=lr, restarts=restarts, device=device, missing=missing,
               warm_sample=warm_sample)
-        # input_dim and the likelihood are filled in by fit, from the data.
+        # input_dim, the likelihood and an "auto" width are filled in by fit, from the data.
+        self.hidden = hidden
         self.config = ModelConfig(
-            input_dim=1, k=k, x_dim=x_dim, w_dim=w_dim, hidden=tuple(hidden),
+            input_dim=1, k=k, x_dim=x_dim, w_dim=w_dim,
+            hidden=() if hidden == "auto" else tuple(hidden),
             mc_samples=mc_samples, lambda_z=lambda_z, likelihood="gaussian",
         )
         self.likelihood = likelihood
@@ -96,11 +98,19 @@ class GMVAE:
         resume: bool = False,
         reporter: Reporter | None = None,
         note: Callable[[str], None] = lambda s: None,
+        shared: dict | None = None,
+        startup: float | None = None,
     ) -> GMVAE:
         """Train on a table in memory, or on a file path (read whole, or with `stream` in
-        shuffled chunks from disk at every epoch: the same training either way)."""
+        shuffled chunks from disk at every epoch: the same training either way).
+
+        `shared`: a dict the caller keeps across fits of several Ks on the same rows
+        (select-k): the default recipe's work that does not depend on K is done once per
+        seed. `startup`: seconds the process spent before this call, kept with the timings.
+        """
         device = devices.resolve(self.device)
         started = time.perf_counter()
+        self.timings_ = {} if startup is None else {"startup": startup}
         table = open_table(data, stream, fmt, key, chunk_rows)
         resume_state = None
         if resume:
@@ -110,14 +120,15 @@ class GMVAE:
             self.id_column_ = id_column
             self.preprocessor_, kept = Preprocessor.fit(table.chunks(chosen), chosen,
                                                         self.missing, self.likelihood, note)
-            self.config = replace(self.config, input_dim=len(chosen),
+            hidden = auto_hidden(len(chosen)) if self.hidden == "auto" else self.config.hidden
+            self.config = replace(self.config, input_dim=len(chosen), hidden=hidden,
                                   likelihood=self.preprocessor_.likelihood)
             check_rows(kept, self.config.k)
         rows = table.rows(self.preprocessor_)
-        self.timings_ = {"read": time.perf_counter() - started}
-        return self._train(rows, device, checkpoint_path, resume_state, reporter)
+        self.timings_["read"] = time.perf_counter() - started
+        return self._train(rows, device, checkpoint_path, resume_state, reporter, shared)
 
-    def _train(self, data, device, checkpoint_path, resume_state, reporter) -> GMVAE:
+    def _train(self, data, device, checkpoint_path, resume_state, reporter, shared) -> GMVAE:
         """Run the training loop; under torchrun only rank 0 writes."""
         writes = checkpoint_path is not None and distributed.is_main()
 
@@ -126,7 +137,7 @@ class GMVAE:
             if writes:
                 checkpoint.save(checkpoint_path, self._payload(state["state_dict"], state))
 
-        chosen = recipe.make(self.settings)
+        chosen = recipe.make(self.settings, shared)
         trainer = Trainer(data, self.config, chosen, self.settings, device, reporter, save_state)
         fit = trainer.fit(resume=resume_state)
         self.net_, self.history_, self.terms_ = fit.net, fit.history, fit.terms
@@ -292,6 +303,7 @@ class GMVAE:
         except (KeyError, TypeError) as e:
             raise UserError(f"{path} is a damaged gmvae checkpoint ({type(e).__name__}); retrain it")
         self.likelihood, self.missing = self.config.likelihood, self.preprocessor_.missing
+        self.hidden = self.config.hidden
         self.id_column_ = payload.get("id_column")
 
     @classmethod
@@ -313,6 +325,13 @@ class GMVAE:
         model.recipe_summary_ = {}
         model.package_version_ = payload.get("package_version")
         return model
+
+
+def auto_hidden(columns: int) -> tuple[int, int]:
+    """Two layers of 8 units per input column, in multiples of 32, from 64 to 500 (the
+    paper's MNIST width): a narrow table trains a small, fast network."""
+    width = min(500, max(64, -(-8 * columns // 32) * 32))
+    return width, width
 
 
 def check_rows(rows: int, k: int) -> None:

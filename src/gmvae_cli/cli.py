@@ -87,7 +87,7 @@ def train(
     lr: LearningRate = None,
     x_dim: XDim = 10,
     w_dim: WDim = 10,
-    hidden: Hidden = "500,500",
+    hidden: Hidden = "auto",
     mc_samples: Annotated[int, typer.Option(help="Monte-Carlo samples M per row.")] = 1,
     lambda_z: Lambda = 0.5,
     likelihood: Likelihood = "auto",
@@ -146,7 +146,7 @@ def train(
                 data, stream=streamed, fmt=fmt, key=key, chunk_rows=chunk_rows,
                 columns=parse_list(columns) or None, exclude=parse_list(exclude),
                 id_column=id_column, checkpoint_path=output, resume=resume, reporter=reporter,
-                note=say,
+                note=say, startup=seconds_since_start(),
             )
     except KeyboardInterrupt:
         if DEBUG["on"]:
@@ -170,6 +170,17 @@ def train(
     say(f"wrote {output}: K={model.config.k}, ELBO {terms['elbo']:.3f}, "
         f"cluster sizes {model.cluster_sizes_}")
     warn_collapse(model)  # a warning, not a note: shown even with --quiet
+
+
+def seconds_since_start() -> float | None:
+    """How long this process has run (start-up and imports, for the stage timings); None
+    where /proc does not say (not Linux)."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22: start time
+            return float(uptime.read().split()[0]) - started / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def warn_collapse(model) -> None:
@@ -386,7 +397,7 @@ def select_k(
     lr: LearningRate = None,
     x_dim: XDim = 10,
     w_dim: WDim = 10,
-    hidden: Hidden = "500,500",
+    hidden: Hidden = "auto",
     lambda_z: Lambda = 0.5,
     likelihood: Likelihood = "auto",
     seed: Seed = 0,

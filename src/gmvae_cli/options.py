@@ -76,7 +76,9 @@ def parse_list(text: str | None) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()] if text else []
 
 
-def parse_sizes(text: str, option: str) -> tuple[int, ...]:
+def parse_sizes(text: str, option: str) -> tuple[int, ...] | str:
+    if text == "auto":
+        return text
     try:
         sizes = tuple(int(part) for part in parse_list(text))
     except ValueError:
@@ -120,7 +122,7 @@ LearningRate = Annotated[float | None, typer.Option(
 )]
 XDim = Annotated[int, typer.Option("--x-dim", help="Dimension of the latent x, where clusters live.")]
 WDim = Annotated[int, typer.Option("--w-dim", help="Dimension of the latent w.")]
-Hidden = Annotated[str, typer.Option("--hidden", help="Encoder layer sizes; the decoder mirrors them.")]
+Hidden = Annotated[str, typer.Option("--hidden", help="Encoder layer sizes such as 500,500 (the decoder mirrors them), or auto: two layers of 8 units per input column, from 64 to 500.")]
 Lambda = Annotated[float, typer.Option("--lambda", help="z-prior threshold λ.")]
 Likelihood = Annotated[str, typer.Option("--likelihood", help="auto, gaussian or bernoulli.")]
 Columns = Annotated[str | None, typer.Option("--columns", help="Comma-separated feature columns.")]

@@ -117,7 +117,8 @@ class DefaultRecipe(Recipe):
     FULL_EPOCHS_ROWS = 50_000
 
     def __init__(self, epochs: int | None = None, lr: float | None = None,
-                 warm: warm_start.WarmStartSettings = warm_start.DEFAULT_SETTINGS):
+                 warm: warm_start.WarmStartSettings = warm_start.DEFAULT_SETTINGS,
+                 shared: dict | None = None):
         gmvae_epochs = self.GUIDED_EPOCHS + self.FREE_EPOCHS
         self.epochs = epochs
         self.guided, self.free = scaled_epochs([self.GUIDED_EPOCHS, self.FREE_EPOCHS], epochs)
@@ -134,6 +135,9 @@ class DefaultRecipe(Recipe):
         self.targets: torch.Tensor | None = None  # (row numbers, K), this rank's rows
         self.pseudo_labels: torch.Tensor | None = None
         self.found: dict = {}  # how the pseudo-clusters were chosen (warm_start.pseudo_clusters)
+        # Fits of several Ks on the same rows (select-k) share what does not depend on K,
+        # per seed: the pretrained autoencoder and the spaces the pseudo-clusters are found in.
+        self.shared = shared
 
     def prepare(self, net, data, *, seed, batch_size, device, report, save, timings) -> None:
         """The warm start on a sample of the rows; under torchrun rank 0 builds it and every
@@ -156,6 +160,25 @@ class DefaultRecipe(Recipe):
         timed = time.perf_counter()
         sample, numbers = data.sample(self.warm.sample_rows, seed)
         timings["sample"] = timings.get("sample", 0.0) + time.perf_counter() - timed
+        shared = self.shared.get(seed) if self.shared is not None else None
+        if shared is None:
+            shared = self._pretrained(net, sample, seed, batch_size, device, report, save, timings)
+        else:  # the autoencoders' work does not depend on K: another K of select-k did it
+            net.encoder.load_state_dict(shared["encoder"])
+            net.decoder.load_state_dict(shared["decoder"])
+        report("pseudo-clusters", 0.0)
+        resp, view, self.found = warm_start.pseudo_clusters(
+            net, sample, shared["spaces"], seed, device, timings, self.warm)
+        report("pseudo-clusters", 1.0)
+        covers = len(sample) == data.rows  # every row in the sample: no placing needed
+        self.placer = {
+            "numbers": numbers, "resp": resp, "covers": covers,
+            "view": None if covers else view.to_state(),
+            "sample_view": None if covers else view(sample, device),
+        }
+
+    def _pretrained(self, net, sample, seed, batch_size, device, report, save, timings) -> dict:
+        """Pretrain the autoencoders and build the spaces the pseudo-clusters are found in."""
         helpers = []
         for i in range(warm_start.autoencoders(sample, self.warm) - 1):
             # Same shape, each its own initialisation, drawn aside: the global random state
@@ -172,14 +195,12 @@ class DefaultRecipe(Recipe):
         warm_start.pretrain([net, *helpers], sample, self.warm, batch_size, device, seed, report,
                             checkpoint, self.pretraining)
         timings["pretrain"] = timings.get("pretrain", 0.0) + time.perf_counter() - timed
-        resp, view, self.found = warm_start.pseudo_clusters(
-            [net, *helpers], sample, seed, device, report, timings, self.warm)
-        covers = len(sample) == data.rows  # every row in the sample: no placing needed
-        self.placer = {
-            "numbers": numbers, "resp": resp, "covers": covers,
-            "view": None if covers else view.to_state(),
-            "sample_view": None if covers else view(sample, device),
-        }
+        shared = {"encoder": net.encoder.state_dict(), "decoder": net.decoder.state_dict(),
+                  "spaces": warm_start.spaces([net, *helpers], sample, seed, device, timings,
+                                              self.warm)}
+        if self.shared is not None:
+            self.shared[seed] = {name: _copied(part) for name, part in shared.items()}
+        return shared
 
     def _place(self, data, k: int, device) -> torch.Tensor:
         placer = self.placer
@@ -235,8 +256,17 @@ class DefaultRecipe(Recipe):
 RECIPES = {"default": DefaultRecipe, "paper": PaperRecipe}
 
 
-def make(settings: TrainSettings) -> Recipe:
+def make(settings: TrainSettings, shared: dict | None = None) -> Recipe:
+    """The recipe `settings` name; `shared` (a dict kept by the caller) lets fits of
+    several Ks on the same rows share the default recipe's K-independent work."""
     if settings.recipe == "paper":
         return PaperRecipe(settings.epochs, settings.lr)
     warm = dataclasses.replace(warm_start.DEFAULT_SETTINGS, sample_rows=settings.warm_sample)
-    return DefaultRecipe(settings.epochs, settings.lr, warm)
+    return DefaultRecipe(settings.epochs, settings.lr, warm, shared)
+
+
+def _copied(part):
+    """A state dict detached from the network that keeps training (spaces are not touched)."""
+    if isinstance(part, dict):
+        return {name: tensor.clone() for name, tensor in part.items()}
+    return part

@@ -174,11 +174,12 @@ def select_k(
     reporter.stage(f"select-k K={ks[0]}…{ks[-1]}", len(ks) * restarts)
     results: list[KResult] = []
     interrupted = False
+    shared: dict = {}  # one pretraining and one neighbour graph per seed, whatever K is
     try:
         for k in ks:
             results.append(
                 _measure_k(k, frame, train, held, restarts, seed, columns, exclude, reporter,
-                           note if not results else (lambda s: None), options)
+                           note if not results else (lambda s: None), options, shared)
             )
     except KeyboardInterrupt:
         interrupted = True  # keep what finished; the caller reports it and exits 130
@@ -190,12 +191,13 @@ def select_k(
     )
 
 
-def _measure_k(k, frame, train, held, restarts, seed, columns, exclude, reporter, say, options):
+def _measure_k(k, frame, train, held, restarts, seed, columns, exclude, reporter, say, options,
+               shared):
     seeds = [seed + r for r in range(restarts)]
     elbos, effective, labels = [], [], []
     for run_seed in seeds:
         model = GMVAE(k=k, seed=run_seed, restarts=1, **options)
-        model.fit(train, columns=columns, exclude=exclude, note=say)
+        model.fit(train, columns=columns, exclude=exclude, note=say, shared=shared)
         say = lambda message: None  # notes about the columns once, not once per model
         if len(model.matrix(held)[0]) == 0:
             raise UserError("every held-out row was dropped as missing; use --missing mean")

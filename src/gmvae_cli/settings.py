@@ -70,7 +70,7 @@ def check(**values) -> None:
         elif name == "device":
             check_device(value)
         elif name == "hidden":
-            if not value or min(value) < 1:
+            if value != "auto" and (not value or min(value) < 1):
                 raise UserError(f"--hidden sizes must be positive, got {tuple(value)}")
         elif name in AT_LEAST:
             option, least = AT_LEAST[name]

@@ -203,43 +203,62 @@ class Candidate:
     stability: float  # adjusted Rand index between the runs' hard clusters
 
 
-def pseudo_clusters(
-    nets: list[GMVAENet],
-    sample: torch.Tensor,
-    seed: int,
-    device: torch.device,
-    report: Report,
-    timings: dict[str, float],
-    settings: WarmStartSettings = DEFAULT_SETTINGS,
-) -> tuple[torch.Tensor, View, dict]:
-    """(n, K) pseudo-responsibilities of the sample rows, the view that places other rows
-    among them, and what was measured to choose them (module doc). The first net is the
-    GMVAE itself: its prior network is initialised to the clusters."""
-    net, k = nets[0], nets[0].cfg.k
+@dataclass
+class Spaces:
+    """What the pseudo-clusters are found in, whatever K is (select-k builds it once per
+    seed): each way's space for each of its two seeds, and the views that place other rows."""
+
+    columns: list[np.ndarray]  # the dequantised (PCA'd) columns, per seed
+    graph: list[np.ndarray]  # the neighbour-graph embedding, per seed; empty for tiny samples
+    columns_view: View
+    graph_view: View
+
+
+def spaces(nets: list[GMVAENet], sample: torch.Tensor, seed: int, device: torch.device,
+           timings: dict[str, float], settings: WarmStartSettings = DEFAULT_SETTINGS) -> Spaces:
     inputs = View.of(None, sample, device)
     columns = inputs(sample, device).numpy().astype(np.float64)  # standardised
     codes = uses_codes(sample, settings)
     graph_view = View.of(nets, sample, device) if codes else inputs
     seeds = [seed, seed + 1]
-    report("pseudo-clusters", 0.0)
-    candidates = [_candidate("columns", lambda s: _mixture(
-        _columns_space(columns, s, settings), k, s, settings, timings), seeds)]
-    if len(sample) >= max(settings.embed_min_rows, 3 * k):
-        graph = graph_view(sample, device).numpy() if codes else columns
-        graph = _pca(graph, settings.graph_max_dims, seed)
+    timed = time.perf_counter()
+    found = Spaces([_columns_space(columns, s, settings) for s in seeds], [], inputs, graph_view)
+    _add(timings, "columns", timed)
+    if len(sample) >= settings.embed_min_rows:
+        graph = _pca(graph_view(sample, device).numpy() if codes else columns,
+                     settings.graph_max_dims, seed)
         timed = time.perf_counter()
         knn = neighbour_embedding.exact_knn(torch.from_numpy(graph.astype(np.float32)),
                                             min(settings.embed_neighbours, len(graph) - 1))
         _add(timings, "neighbours", timed)
-        candidates.append(_candidate("graph", lambda s: _mixture(
-            _embedding(graph, knn, s, settings, timings), k, s, settings, timings), seeds))
-    report("pseudo-clusters", 1.0)
+        found.graph = [_embedding(graph, knn, s, settings, timings) for s in seeds]
+    return found
+
+
+def pseudo_clusters(
+    net: GMVAENet,
+    sample: torch.Tensor,
+    found: Spaces,
+    seed: int,
+    device: torch.device,
+    timings: dict[str, float],
+    settings: WarmStartSettings = DEFAULT_SETTINGS,
+) -> tuple[torch.Tensor, View, dict]:
+    """(n, K) pseudo-responsibilities of the sample rows, the view that places other rows
+    among them, and what was measured to choose them (module doc); the GMVAE's prior
+    network is initialised to the clusters."""
+    k, seeds = net.cfg.k, [seed, seed + 1]
+    candidates = [_candidate("columns", [_mixture(space, k, s, settings, timings)
+                                         for space, s in zip(found.columns, seeds)])]
+    if found.graph and len(sample) >= 3 * k:
+        candidates.append(_candidate("graph", [_mixture(space, k, s, settings, timings)
+                                               for space, s in zip(found.graph, seeds)]))
     chosen = choose(candidates, settings.stability_margin)
     resp = torch.from_numpy(chosen.runs[0]).float()
     init_prior(net, encode_means(net, sample, device), resp, settings)
-    view = graph_view if chosen.name == "graph" else inputs
-    found = {"chosen": chosen.name, "stability": {c.name: c.stability for c in candidates}}
-    return resp, view, found
+    view = found.graph_view if chosen.name == "graph" else found.columns_view
+    return resp, view, {"chosen": chosen.name,
+                        "stability": {c.name: c.stability for c in candidates}}
 
 
 def choose(candidates: list[Candidate], margin: float) -> Candidate:
@@ -251,10 +270,9 @@ def choose(candidates: list[Candidate], margin: float) -> Candidate:
     return chosen
 
 
-def _candidate(name: str, cluster, seeds: list[int]) -> Candidate:
+def _candidate(name: str, runs: list[np.ndarray]) -> Candidate:
     from sklearn.metrics import adjusted_rand_score
 
-    runs = [cluster(s) for s in seeds]
     labels = [r.argmax(1) for r in runs]
     return Candidate(name, runs, float(adjusted_rand_score(labels[0], labels[1])))
 
