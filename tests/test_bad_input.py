@@ -135,16 +135,23 @@ CASES = [
     Case("text-in-model-column", "non-numeric value in a model column (assign)",
          ["assign", "model.pt", "text_value.csv", "-o", "out.csv"],
          "error: model column 'c3' holds non-numeric values; clean that column"),
-    Case("text-column-named", "non-numeric column named in --columns (train)",
-         train("named.csv", "--columns", "c0,name", "-o", "m.pt"),
+    Case("text-column-named", "non-numeric column named in --columns (train, --categorical ignore)",
+         train("named.csv", "--columns", "c0,name", "--categorical", "ignore", "-o", "m.pt"),
          "error: column 'name' is not numeric (e.g. 'row0'); drop it from --columns or clean "
          "its values"),
+    Case("id-text-column-named", "text column with a value per row named in --columns (train)",
+         train("named.csv", "--columns", "c0,name", "-o", "m.pt"),
+         "error: column 'name' has 40 distinct values in 40 rows: too many to encode as "
+         "categories (at most 50, and at most half the rows); drop it from --columns, or pass "
+         "it as --id-column if it is an id"),
     Case("unknown-column-named", "--columns names a column the table lacks",
          train("data.csv", "--columns", "c0,nope", "-o", "m.pt"),
          "error: --columns names 'nope', not in the table; its columns are: c0, c1, c2, c3, c4, "
          "c5, c6, c7, c8, c9, c10, c11, c12, c13, c14, c15"),
-    Case("no-numeric-columns", "no numeric column at all", train("names_only.csv", "-o", "m.pt"),
-         "error: the table has no numeric feature columns; check the file or --columns"),
+    Case("no-numeric-columns", "no numeric column, and a text column with too many values",
+         train("names_only.csv", "-o", "m.pt"),
+         "error: the table has no numeric feature columns and no text column to encode: name "
+         "(40 distinct values in 40 rows); check the file or --columns"),
     Case("nan-inf-train", "NaN and ±inf, --missing error, train",
          train("holes.csv", "--missing", "error", "-o", "m.pt"),
          "error: missing or infinite values in columns 'c1' (2), 'c4' (2); pass --missing drop "
@@ -162,6 +169,9 @@ CASES = [
          "error: column 'c5' has no finite values; drop it with --exclude"),
     Case("unknown-missing", "unknown --missing rule", train("data.csv", "--missing", "zero", "-o", "m.pt"),
          "error: --missing 'zero' is not known; use error|drop|mean"),
+    Case("unknown-categorical", "unknown --categorical rule",
+         train("data.csv", "--categorical", "onehot", "-o", "m.pt"),
+         "error: --categorical 'onehot' is not known; use auto|ignore"),
     Case("single-row", "a single row (--k 1)", train("one_row.csv", "--k", "1", "-o", "m.pt"),
          "error: training needs at least 2 rows but got 1; add more rows"),
     Case("fewer-rows-than-k", "fewer rows than K", train("three_rows.csv", "--k", "5", "-o", "m.pt"),

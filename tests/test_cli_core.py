@@ -76,17 +76,22 @@ def test_probs_id_column_and_confidence(tmp_path, blobs):
     assert (out["cluster"].to_numpy() == probs.argmax(1)).all()
 
 
-def test_non_numeric_columns_are_skipped_with_a_note(tmp_path, blobs):
+def test_categorical_ignore_skips_text_columns_with_a_note(tmp_path, blobs):
+    """--categorical ignore: text columns are skipped as before the categories existed
+    (tests/test_categorical.py has the default, auto)."""
     frame = blobs[0].head(200).copy()
     frame["city"] = "Oslo"
     data = tmp_path / "mixed.csv"
     frame.to_csv(data, index=False)
     result = run_cli("train", data, "--k", 2, "-o", tmp_path / "m.pt", "--recipe", "paper",
-                     "--hidden", "16", "--epochs", "2")
+                     "--hidden", "16", "--epochs", "2", "--categorical", "ignore")
     assert result.exit_code == 0, result.stderr
-    assert "skipping non-numeric columns: city" in result.stderr
+    assert ("skipping non-numeric columns: city (--categorical auto encodes text columns)"
+            in result.stderr)
     payload = checkpoint.load(str(tmp_path / "m.pt"))
     assert "city" not in payload["preprocess"]["columns"]
+    assert payload["preprocess"]["categorical"] == "ignore"
+    assert payload["preprocess"]["categories"] == {}
 
 
 def test_missing_mean_is_reapplied_by_assign(tmp_path, blobs):
@@ -347,6 +352,8 @@ def test_every_command_has_help_with_an_example():
          "error: --likelihood 'poisson' is not known; use auto|gaussian|bernoulli"),
         (["train", "big.parquet", "--device", "tpu"], "error: --device 'tpu' is not known; use auto, cpu, cuda or mps"),
         (["train", "big.parquet", "--epochs", "0"], "error: --epochs must be at least 1, got 0"),
+        (["train", "big.parquet", "--categorical", "onehot"],
+         "error: --categorical 'onehot' is not known; use auto|ignore"),
         (["select-k", "big.parquet", "--recipe", "papr"], "error: --recipe 'papr' is not known; use default|paper"),
     ],
 )

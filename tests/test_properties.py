@@ -56,13 +56,14 @@ def csv_text(draw) -> str:
     return out.getvalue()
 
 
-def prepare(path: Path, missing: str) -> np.ndarray:
+def prepare(path: Path, missing: str, categorical: str) -> np.ndarray:
     """What `gmvae train` does before the network sees the data."""
     frame = read_table(str(path))
-    columns = choose_columns(frame, None)
-    pre, _ = Preprocessor.fit([frame], columns, missing, "auto")
+    choice = choose_columns(frame, None, categorical=categorical)
+    pre, _ = Preprocessor.fit([frame], choice.columns, missing, "auto",
+                              encode=choice.categorical, categorical=categorical)
     matrix, keep = pre.transform(frame)
-    assert matrix.shape == (int(keep.sum()), len(columns))
+    assert matrix.shape == (int(keep.sum()), pre.width)
     return matrix
 
 
@@ -72,13 +73,14 @@ def check_one_line(error: UserError) -> None:
 
 
 @SETTINGS
-@given(text=csv_text(), missing=st.sampled_from(["error", "drop", "mean"]))
-def test_reading_and_preprocessing_work_or_say_why(text, missing):
+@given(text=csv_text(), missing=st.sampled_from(["error", "drop", "mean"]),
+       categorical=st.sampled_from(["auto", "ignore"]))
+def test_reading_and_preprocessing_work_or_say_why(text, missing, categorical):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "table.csv"
         path.write_bytes(text.encode())
         try:
-            matrix = prepare(path, missing)
+            matrix = prepare(path, missing, categorical)
         except UserError as e:
             check_one_line(e)
             return
@@ -94,7 +96,7 @@ def test_arbitrary_bytes_never_crash_the_reader(data):
         path = Path(folder) / "table.csv"
         path.write_bytes(data)
         try:
-            prepare(path, "drop")
+            prepare(path, "drop", "auto")
         except UserError as e:
             check_one_line(e)
 
@@ -124,4 +126,8 @@ def test_columns_naming_an_all_empty_text_column():
 
     frame = pd.DataFrame({"x": pd.Series([None, None], dtype=object), "y": [1.0, 2.0]})
     with pytest.raises(UserError, match="column 'x' is not numeric; drop it from --columns"):
-        choose_columns(frame, ["x"])
+        choose_columns(frame, ["x"], categorical="ignore")
+    choice = choose_columns(frame, ["x"])  # --categorical auto: a text column, with no value
+    with pytest.raises(UserError, match="column 'x' has no values; drop it from --columns"):
+        Preprocessor.fit([frame], choice.columns, "mean", "auto", encode=choice.categorical,
+                         named=choice.named)

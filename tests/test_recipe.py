@@ -180,10 +180,11 @@ def test_blobs_are_clustered_on_their_columns():
     data = torch.tensor(((frame - frame.mean()) / frame.std()).to_numpy(), dtype=torch.float32)
     net = GMVAENet(ModelConfig(input_dim=4, k=3, hidden=(16,)))
     timings: dict = {}
-    resp, _, found = warm_start.pseudo_clusters([net], data, 0, CPU, lambda s, f: None, timings, SMALL)
+    spaces = warm_start.spaces([net], data, 0, CPU, timings, SMALL)
+    resp, _, found = warm_start.pseudo_clusters(net, data, spaces, 0, CPU, timings, SMALL)
     assert found["chosen"] == "columns" and set(found["stability"]) == {"columns", "graph"}
     assert ari(labels, resp.argmax(1).numpy()) >= 0.99
-    assert set(timings) == {"neighbours", "embedding", "mixture"}
+    assert set(timings) == {"columns", "neighbours", "embedding", "mixture"}
 
 
 @pytest.mark.parametrize(("columns", "graph", "chosen"),

@@ -12,6 +12,7 @@ The CLI is a thin layer over this class.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -53,12 +54,13 @@ class GMVAE:
         restarts: int = 1,
         device: str = "auto",
         missing: str = "mean",
+        categorical: str = "auto",
         warm_sample: int = 50_000,
     ):
         check(k=k, x_dim=x_dim, w_dim=w_dim, hidden=hidden, mc_samples=mc_samples,
               lambda_z=lambda_z, likelihood=likelihood, recipe=recipe, epochs=epochs,
               batch_size=batch_size, lr=lr, restarts=restarts, device=device, missing=missing,
-              warm_sample=warm_sample)
+              categorical=categorical, warm_sample=warm_sample)
         # input_dim, the likelihood and an "auto" width are filled in by fit, from the data.
         self.hidden = hidden
         self.config = ModelConfig(
@@ -71,6 +73,10 @@ class GMVAE:
                                       seed=seed, restarts=restarts, warm_sample=warm_sample)
         self.device = device
         self.missing = missing
+        self.categorical = categorical  # text columns: "auto" one-hot encodes them, "ignore" skips
+        # Where notes go when the model is used (a category it never saw): a warning for
+        # library users; the CLI and fit(note=...) send them to stderr instead.
+        self.note: Callable[[str], None] = _warn
         self.net_: GMVAENet | None = None
         self.preprocessor_: Preprocessor | None = None
         self.history_: list[dict] = []
@@ -97,17 +103,23 @@ class GMVAE:
         checkpoint_path: str | None = None,
         resume: bool = False,
         reporter: Reporter | None = None,
-        note: Callable[[str], None] = lambda s: None,
+        note: Callable[[str], None] | None = None,
         shared: dict | None = None,
         startup: float | None = None,
     ) -> GMVAE:
         """Train on a table in memory, or on a file path (read whole, or with `stream` in
         shuffled chunks from disk at every epoch: the same training either way).
 
-        `shared`: a dict the caller keeps across fits of several Ks on the same rows
-        (select-k): the default recipe's work that does not depend on K is done once per
-        seed. `startup`: seconds the process spent before this call, kept with the timings.
+        `note` receives one-line notes about the data (columns skipped, filled or looking
+        like ids) and, afterwards, those of predict and the other methods; without it,
+        training is silent and later notes are warnings. `shared`: a dict the caller keeps
+        across fits of several Ks on the same rows (select-k): the default recipe's work
+        that does not depend on K is done once per seed. `startup`: seconds the process
+        spent before this call, kept with the timings.
         """
+        say = note or (lambda s: None)
+        if note is not None:
+            self.note = note
         device = devices.resolve(self.device)
         started = time.perf_counter()
         self.timings_ = {} if startup is None else {"startup": startup}
@@ -116,12 +128,16 @@ class GMVAE:
         if resume:
             resume_state = self._restore_for_resume(checkpoint_path)
         else:
-            chosen = choose_columns(table.first(), columns, exclude, id_column, note)
+            choice = choose_columns(table.first(), columns, exclude, id_column, say,
+                                    self.categorical)
             self.id_column_ = id_column
-            self.preprocessor_, kept = Preprocessor.fit(table.chunks(chosen), chosen,
-                                                        self.missing, self.likelihood, note)
-            hidden = auto_hidden(len(chosen)) if self.hidden == "auto" else self.config.hidden
-            self.config = replace(self.config, input_dim=len(chosen), hidden=hidden,
+            self.preprocessor_, kept = Preprocessor.fit(
+                table.chunks(choice.columns), choice.columns, self.missing, self.likelihood, say,
+                encode=choice.categorical, named=choice.named, categorical=self.categorical,
+            )
+            width = self.preprocessor_.width
+            hidden = auto_hidden(width) if self.hidden == "auto" else self.config.hidden
+            self.config = replace(self.config, input_dim=width, hidden=hidden,
                                   likelihood=self.preprocessor_.likelihood)
             check_rows(kept, self.config.k)
         rows = table.rows(self.preprocessor_)
@@ -174,7 +190,7 @@ class GMVAE:
     def matrix(self, table: pd.DataFrame | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The preprocessed float32 matrix of a table, and the mask of rows kept."""
         self._require_fitted()
-        return self.preprocessor_.transform(named_columns(as_frame(table)))
+        return self.preprocessor_.transform(named_columns(as_frame(table)), self.note)
 
     @torch.no_grad()
     def _batched(self, matrix: np.ndarray, fn, width: int) -> np.ndarray:
@@ -234,8 +250,9 @@ class GMVAE:
         The rows are spread evenly over `clusters` (default: all K), in that order; a
         `cluster` column says where each row came from. Gaussian rows add decoder noise
         unless `mean`; Bernoulli rows are probabilities, or 0/1 draws with `binary` (with
-        `mean` as well: the most likely value). `seed` makes the draws reproducible
-        without disturbing the global random state.
+        `mean` as well: the most likely value). A categorical column comes back as the
+        category with the largest value in its decoded block. `seed` makes the draws
+        reproducible without disturbing the global random state.
         """
         net = self._require_fitted()
         k = self.config.k
@@ -254,18 +271,23 @@ class GMVAE:
         counts = [n // len(chosen) + (i < n % len(chosen)) for i in range(len(chosen))]
         labels = np.repeat(np.asarray(chosen, dtype=np.int64), counts)
 
+        pre = self.preprocessor_
+        # A category is read from its block's probabilities, not from 0/1 draws (a block
+        # drawn all zero would always give its first category): only numbers are drawn.
+        draw = binary and not pre.categories
         net.eval()
         device = devices.of(net)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
                                    enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            values = self._batched(labels, lambda idx: net.sample(idx, mean, binary),
+            values = self._batched(labels, lambda idx: net.sample(idx, mean, draw),
                                    self.config.input_dim).astype(np.float64)
-        if not bernoulli:
-            values = self.preprocessor_.inverse(values)
-        columns = self.preprocessor_.columns
-        frame = pd.DataFrame(values, columns=columns)
+            if binary and not draw:
+                p = values[:, : len(pre.numeric_columns)]
+                p[:] = (p >= 0.5) if mean else torch.bernoulli(torch.from_numpy(p)).numpy()
+        frame = pre.inverse(values)  # Bernoulli: centre 0 and scale 1, values unchanged
+        columns = pre.columns
         frame["cluster" if "cluster" not in columns else "sampled_cluster"] = labels
         return frame
 
@@ -304,6 +326,7 @@ class GMVAE:
             raise UserError(f"{path} is a damaged gmvae checkpoint ({type(e).__name__}); retrain it")
         self.likelihood, self.missing = self.config.likelihood, self.preprocessor_.missing
         self.hidden = self.config.hidden
+        self.categorical = self.preprocessor_.categorical
         self.id_column_ = payload.get("id_column")
 
     @classmethod
@@ -312,6 +335,7 @@ class GMVAE:
         model = cls.__new__(cls)
         model._restore(payload, path)
         model.device = device
+        model.note = _warn
         try:
             model.net_ = GMVAENet(model.config)
             model.net_.load_state_dict(payload["state_dict"])
@@ -332,6 +356,11 @@ def auto_hidden(columns: int) -> tuple[int, int]:
     paper's MNIST width): a narrow table trains a small, fast network."""
     width = min(500, max(64, -(-8 * columns // 32) * 32))
     return width, width
+
+
+def _warn(message: str) -> None:
+    """A note for library users: a warning they can see, filter or turn into an error."""
+    warnings.warn(message.removeprefix("note: "), UserWarning, stacklevel=2)
 
 
 def check_rows(rows: int, k: int) -> None:

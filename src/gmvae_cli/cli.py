@@ -22,6 +22,7 @@ from gmvae_cli.options import (
     EXIT_INTERRUPTED,
     AsJson,
     BatchSize,
+    Categorical,
     Columns,
     Data,
     Device,
@@ -99,6 +100,7 @@ def train(
     exclude: Exclude = None,
     id_column: IdColumn = None,
     missing: Missing = "mean",
+    categorical: Categorical = "auto",
     fmt: Format = None,
     key: Key = None,
     resume: Annotated[bool, typer.Option(help="Continue the run saved in --output.")] = False,
@@ -124,7 +126,8 @@ def train(
         "k": k, "x_dim": x_dim, "w_dim": w_dim, "hidden": parse_sizes(hidden, "--hidden"),
         "mc_samples": mc_samples, "lambda_z": lambda_z, "likelihood": likelihood, "recipe": recipe,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "restarts": restarts,
-        "device": device, "missing": missing, "warm_sample": warm_sample,
+        "device": device, "missing": missing, "categorical": categorical,
+        "warm_sample": warm_sample,
     }
     check(**options, chunk_rows=chunk_rows)  # every option, before the data is read
     # Before a minute is spent: an existing model is kept unless told otherwise.
@@ -303,6 +306,8 @@ def model_summary(model) -> dict:
         "columns": model.preprocessor_.columns,
         "id_column": model.id_column_,
         "missing": model.preprocessor_.missing,
+        "categorical": model.preprocessor_.categorical,
+        "categories": model.preprocessor_.categories,
         "final_terms": model.terms_,
         "cluster_sizes": model.cluster_sizes_,
         "effective_clusters": model.effective_clusters() if model.cluster_sizes_ else None,
@@ -405,6 +410,7 @@ def select_k(
     columns: Columns = None,
     exclude: Exclude = None,
     missing: Missing = "mean",
+    categorical: Categorical = "auto",
     fmt: Format = None,
     key: Key = None,
     quiet: Quiet = False,
@@ -419,7 +425,7 @@ def select_k(
     options = {
         "recipe": recipe, "epochs": epochs, "batch_size": batch_size, "lr": lr, "x_dim": x_dim, "w_dim": w_dim,
         "hidden": parse_sizes(hidden, "--hidden"), "lambda_z": lambda_z, "likelihood": likelihood,
-        "seed": seed, "device": device, "missing": missing,
+        "seed": seed, "device": device, "missing": missing, "categorical": categorical,
     }
     check(**options)
     from gmvae_cli import select_k as sweep

@@ -123,6 +123,7 @@ def run(model_path: str, data: str, labels: str | None, labels_key: str | None,
     if labels_key is not None and labels is None:
         raise UserError("--labels-key needs --labels FILE naming the HDF5 file of the labels")
     model = GMVAE.load(model_path, device=device)
+    model.note = note  # categories it never saw, once per column
     frame = read_table(data, fmt, key)
     label_values, source = None, None
     if labels is not None:

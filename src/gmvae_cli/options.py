@@ -127,4 +127,5 @@ Lambda = Annotated[float, typer.Option("--lambda", help="z-prior threshold λ.")
 Likelihood = Annotated[str, typer.Option("--likelihood", help="auto, gaussian or bernoulli.")]
 Columns = Annotated[str | None, typer.Option("--columns", help="Comma-separated feature columns.")]
 Exclude = Annotated[str | None, typer.Option("--exclude", help="Comma-separated columns to leave out (labels, ids).")]
+Categorical = Annotated[str, typer.Option("--categorical", help="Text, category and boolean columns: auto (one-hot encode those with at most 50 distinct values, and at most one per two rows; skip the others with a note) or ignore (skip them all).")]
 Missing = Annotated[str, typer.Option("--missing", help="NaN/inf values: mean (fill with the column mean, with a note), drop (leave the row out) or error.")]

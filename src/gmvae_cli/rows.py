@@ -17,7 +17,7 @@ from gmvae_cli import devices
 from gmvae_cli.api import GMVAE
 from gmvae_cli.data import TableWriter, count_rows, is_pipe, iter_table, read_ahead
 from gmvae_cli.errors import UserError
-from gmvae_cli.progress import write_rows
+from gmvae_cli.progress import note, write_rows
 
 Columns = Callable[[np.ndarray, np.ndarray], dict]  # (kept rows' matrix, keep mask) -> columns
 
@@ -95,6 +95,7 @@ def write_per_row(
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
     model = GMVAE.load(model_path, device=device)
+    model.note = (lambda s: None) if quiet else note  # categories it never saw, once per column
     # Monte-Carlo draws (assign --mc-samples) come from `seed`: the same command, data and
     # device give the same output, as training does.
     cuda = [devices.of(model.net_)] if devices.of(model.net_).type == "cuda" else []

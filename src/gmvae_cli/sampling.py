@@ -7,6 +7,7 @@ import numpy as np
 from gmvae_cli import plots
 from gmvae_cli.api import GMVAE
 from gmvae_cli.data import TableWriter
+from gmvae_cli.errors import UserError
 from gmvae_cli.progress import note
 
 GRID_MAX_COLUMNS = 16  # images per cluster row in --grid
@@ -20,6 +21,9 @@ def run(model_path: str, n: int, cluster: list[int] | None, mean: bool, binary: 
     shape = None
     if grid is not None:
         plots.check_png(grid, "--grid")
+        if model.preprocessor_.categories:
+            raise UserError("--grid draws image data, and this model has categorical columns; "
+                            "leave out --grid")
         shape = plots.parse_image_shape(image_shape, len(model.preprocessor_.columns))
     elif image_shape is not None:
         note("note: --image-shape only matters with --grid")

@@ -14,12 +14,14 @@ RECIPES = ("default", "paper")
 LIKELIHOODS = ("auto", "gaussian", "bernoulli")
 MISSING_RULES = ("error", "drop", "mean")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+CATEGORICAL_RULES = ("auto", "ignore")  # text columns: one-hot encode (few values) or skip
 
 # option name -> (CLI spelling, allowed values)
 CHOICES = {
     "recipe": ("--recipe", RECIPES),
     "likelihood": ("--likelihood", LIKELIHOODS),
     "missing": ("--missing", MISSING_RULES),
+    "categorical": ("--categorical", CATEGORICAL_RULES),
 }
 # option name -> (CLI spelling, smallest allowed value); None values mean "the default"
 AT_LEAST = {

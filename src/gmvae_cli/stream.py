@@ -208,7 +208,8 @@ class ChunkStream:
 
     def sample(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Up to n rows of the whole file, the same on every rank (sources.uniform_sample)."""
-        return uniform_sample(self._matrices(self.units, mine=False), n, seed, len(self.columns))
+        return uniform_sample(self._matrices(self.units, mine=False), n, seed,
+                              self.preprocessor.width)
 
 
 def _drain(held, batch_size, generator, keep_tail):
