@@ -38,9 +38,11 @@ bench-tables: $(STAMP)
 bench-speed: $(STAMP)
 	$(BIN)/python -m benchmarks.speed
 
-# Throughput on a 10M-row table (generated once into bench-cache/): see docs/scaling.md.
+# Throughput on a 10M-row table (generated once into bench-cache/), then the default recipe
+# on 100k-2M rows and MNIST in memory, streamed and on 2 processes: see docs/scaling.md.
 bench-scale: $(STAMP)
 	$(BIN)/python -m benchmarks.scale
+	$(BIN)/python -m benchmarks.scale_recipe
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
