@@ -158,7 +158,7 @@ class Trainer:
                             device=self.device, report=self._report_stage,
                             save=checkpoint, timings=self.timings)
         # Created after prepare: a warm start may have moved parameters.
-        optimizer = torch.optim.Adam(net.parameters())
+        optimizer = devices.adam(net.parameters(), self.device)
         if state is not None and state["optimizer"] is not None:
             optimizer.load_state_dict(state["optimizer"])
         trained = distributed.for_training(net, self.device)  # wrapped in DDP under torchrun

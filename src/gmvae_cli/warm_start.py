@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gmvae_cli import neighbour_embedding
+from gmvae_cli import devices, neighbour_embedding
 from gmvae_cli.batching import EVAL_BATCH, index_batches
 from gmvae_cli.model import Encoder, GMVAENet, ModelConfig
 
@@ -88,7 +88,7 @@ def pretrain(
         net = nets[i]
         params = list(net.encoder.trunk.parameters()) + list(net.encoder.x_head.parameters())
         params += list(net.decoder.parameters())
-        opt = torch.optim.Adam(params, lr=settings.pretrain_lr)
+        opt = devices.adam(params, device, lr=settings.pretrain_lr)
         if state is not None and i == first and state["optimizer"] is not None:
             opt.load_state_dict(state["optimizer"])
         stage = "pretrain" if len(nets) == 1 else f"pretrain {i + 1}/{len(nets)}"
