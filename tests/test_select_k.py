@@ -175,3 +175,25 @@ def test_rule_cautions_when_no_k_is_reproducible():
     results = [result(2, [-5.0, -5.1], [2, 2], 0.10), result(3, [-4.0, -4.1], [3, 3], 0.20)]
     k, _, reason = recommend(results)
     assert k == 3 and "caution" in reason
+
+
+def test_default_recipe_sweep_pretrains_once_per_seed(monkeypatch):
+    """The default recipe's K-independent work (pretraining, the spaces the pseudo-clusters
+    are found in) is done once per restart seed, not once per K, and the sweep still finds
+    the blobs."""
+    from gmvae_cli import warm_start
+
+    calls = {"pretrain": 0, "spaces": 0}
+    for name in calls:
+        real = getattr(warm_start, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(warm_start, name, counted)
+    frame, _ = make_blobs_frame(n_rows=400, n_features=6, k=3)
+    sweep = select_k(frame, [2, 3, 4], restarts=2, recipe="default", hidden=(16, 16),
+                     epochs=10, device="cpu")
+    assert calls == {"pretrain": 2, "spaces": 2}  # 2 seeds; 3 Ks × 2 seeds = 6 models
+    assert sweep.recommended == 3, sweep.reason
