@@ -118,6 +118,12 @@ def test_plot_and_examples_write_pngs(trained_model, blobs_csv, tmp_path):
     assert run_cli("describe", trained_model, blobs_csv, "--examples", square,
                    "--quiet").exit_code == 0
     assert square.read_bytes()[:8] == PNG_SIGNATURE
+    # With --image-shape, --plot draws each cluster's differences as an image.
+    maps = tmp_path / "maps.png"
+    result = run_cli("describe", trained_model, blobs_csv, "--plot", maps, "--image-shape", "2x8")
+    assert result.exit_code == 0, result.stderr
+    assert maps.read_bytes()[:8] == PNG_SIGNATURE
+    assert maps.read_bytes() != heat.read_bytes()
 
 
 def test_rows_the_model_drops_are_counted_apart(trained_model, blobs, tmp_path):
@@ -160,9 +166,11 @@ def test_options_are_checked_before_torch_the_model_or_the_data(tmp_path, args, 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_an_image_shape_that_does_not_fit_the_model_fails_before_the_data(trained_model, tmp_path):
+@pytest.mark.parametrize("picture", ["--examples", "--plot"])
+def test_an_image_shape_that_does_not_fit_the_model_fails_before_the_data(
+        trained_model, tmp_path, picture):
     result = run_cli("describe", trained_model, tmp_path / "absent.csv",
-                     "--examples", tmp_path / "e.png", "--image-shape", "3x5")
+                     picture, tmp_path / "e.png", "--image-shape", "3x5")
     one_line_error(result)
     assert result.stderr == ("error: --image-shape 3x5 holds 15 pixels but the model has 16 "
                              "columns; pick H and W with H×W = 16\n")

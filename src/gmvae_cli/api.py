@@ -58,10 +58,11 @@ class GMVAE:
         warm_sample: int = 50_000,
         outlier_quantile: float = 0.01,
     ):
-        check(outlier_quantile=outlier_quantile, k=k, x_dim=x_dim, w_dim=w_dim, hidden=tuple(hidden), mc_samples=mc_samples,
+        check(k=k, x_dim=x_dim, w_dim=w_dim, hidden=tuple(hidden), mc_samples=mc_samples,
               lambda_z=lambda_z, likelihood=likelihood, recipe=recipe, epochs=epochs,
               batch_size=batch_size, lr=lr, restarts=restarts, device=device, missing=missing,
               warm_sample=warm_sample)
+        check(outlier_quantile=outlier_quantile)
         # input_dim and the likelihood are filled in by fit, from the data.
         self.config = ModelConfig(
             input_dim=1, k=k, x_dim=x_dim, w_dim=w_dim, hidden=tuple(hidden),

@@ -201,9 +201,10 @@ def assign(
     mc_samples: Annotated[int, typer.Option(help="0: posterior means (deterministic); else the mean of p(z|x,w) over this many draws of x and w (seeded by --seed).")] = 0,
     score: Annotated[bool, typer.Option(
         "--score",
-        help="Add elbo (the row's ELBO, a lower bound on log p(y), with every expectation "
-        "taken at the posterior means of x and w: deterministic, no sampling) and outlier "
-        "(elbo below the threshold stored at training, train --outlier-quantile).",
+        help="Add elbo (the row's ELBO, the model's lower bound on log p(y), with every "
+        "expectation taken at the posterior means of x and w: deterministic, no sampling; "
+        "docs/describe.md) and outlier (elbo below the threshold stored at training, "
+        "train --outlier-quantile).",
     )] = False,
     seed: Seed = 0,
     batch_size: BatchSize = 65536,
@@ -355,7 +356,7 @@ def describe(
     as_json: AsJson = False,
     plot: Annotated[
         str | None,
-        typer.Option("--plot", help="Save a PNG heatmap: how far each cluster's mean lies from the table's, per feature, in standard deviations."),
+        typer.Option("--plot", help="Save a PNG heatmap: how far each cluster's mean lies from the table's, per feature, in standard deviations (with --image-shape: one image per cluster)."),
     ] = None,
     top: Annotated[int, typer.Option("--top", help="Features listed per cluster, those that set it apart most.")] = 5,
     examples: Annotated[
@@ -364,7 +365,7 @@ def describe(
     ] = None,
     image_shape: Annotated[
         str | None,
-        typer.Option("--image-shape", help="HxW of one image for --examples, e.g. 28x28 (default: square)."),
+        typer.Option("--image-shape", help="HxW of one image, e.g. 28x28: for --examples (default: square), and to draw --plot as images."),
     ] = None,
     seed: Seed = 0,
     batch_size: Annotated[

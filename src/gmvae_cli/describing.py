@@ -18,7 +18,14 @@ from rich.console import Console
 from gmvae_cli import plots
 from gmvae_cli.api import GMVAE
 from gmvae_cli.data import count_rows, is_pipe, iter_table, read_ahead
-from gmvae_cli.describe import ClusterProfile, examples_figure, heatmap, report, show
+from gmvae_cli.describe import (
+    ClusterProfile,
+    difference_images,
+    examples_figure,
+    heatmap,
+    report,
+    show,
+)
 from gmvae_cli.errors import UserError
 from gmvae_cli.preprocess import Preprocessor
 from gmvae_cli.progress import Reporter, note
@@ -79,11 +86,11 @@ def run(model_path: str, data: str, as_json: bool, plot: str | None, top: int,
     say = (lambda s: None) if quiet else note
     model = GMVAE.load(model_path, device=device)
     numeric, _ = profile_columns(model.preprocessor_)
-    shape = None
-    if examples is not None:  # the shape must fit the model before the data is read
+    shape = None  # the shape must fit the model before the data is read
+    if examples is not None or (plot is not None and image_shape is not None):
         shape = plots.parse_image_shape(image_shape, len(numeric), "--examples")
     elif image_shape is not None:
-        say("note: --image-shape only matters with --examples")
+        say("note: --image-shape only matters with --examples or --plot")
     if model.outlier_threshold_ is None:
         say("note: this model holds no outlier threshold (trained before gmvae stored one), "
             "so no outlier shares are shown; retrain it to get them")
@@ -94,7 +101,10 @@ def run(model_path: str, data: str, as_json: bool, plot: str | None, top: int,
                         "them all out); clean the data")
     found = report(profile, top=top)
     if plot is not None:
-        heatmap(plot, found, note=say)
+        if image_shape is not None:  # image data: each cluster's differences as an image
+            difference_images(plot, found, shape)
+        else:
+            heatmap(plot, found, note=say)
         say(f"wrote {plot}")
     if examples is not None:
         examples_figure(examples, profile, shape)
