@@ -190,3 +190,16 @@ def test_a_wide_table_is_read_in_smaller_chunks():
     assert default_chunk_rows(16) == DEFAULT_CHUNK_ROWS
     assert default_chunk_rows(784) == CHUNK_VALUES // 784
     assert pd.api.types.is_integer(default_chunk_rows(10**9)) and default_chunk_rows(10**9) >= 1
+
+
+def test_categorical_columns_come_from_the_preprocessor_when_it_has_them():
+    """The hook for text columns: none today; a `categorical` field (names, or a dict keyed
+    by them) makes those columns categorical and leaves the rest numeric."""
+    from types import SimpleNamespace
+
+    from gmvae_cli.describing import profile_columns
+
+    assert profile_columns(SimpleNamespace(columns=["a", "b"])) == (["a", "b"], [])
+    for field in (["colour"], {"colour": ["red", "blue"]}):
+        pre = SimpleNamespace(columns=["a", "colour", "b"], categorical=field)
+        assert profile_columns(pre) == (["a", "b"], ["colour"])

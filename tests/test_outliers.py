@@ -87,6 +87,9 @@ def test_the_threshold_is_the_quantile_of_the_training_rows_scores(planted, trai
     scores = GMVAE.load(str(planted.model)).score_samples(planted.table)
     assert payload["outlier_threshold"] == pytest.approx(np.quantile(scores, FLAG_RATE), rel=1e-6)
     assert checkpoint.load(str(trained_model))["outlier_quantile"] == 0.01  # the default
+    info = json.loads(run_cli("info", planted.model, "--json").stdout)
+    assert info["outlier_quantile"] == FLAG_RATE
+    assert info["outlier_threshold"] == payload["outlier_threshold"]
 
 
 def test_assign_score_columns_are_deterministic_and_equal_the_library(planted):

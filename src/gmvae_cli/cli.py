@@ -309,6 +309,8 @@ def model_summary(model) -> dict:
         "final_terms": model.terms_,
         "cluster_sizes": model.cluster_sizes_,
         "effective_clusters": model.effective_clusters() if model.cluster_sizes_ else None,
+        "outlier_quantile": model.outlier_quantile if model.outlier_threshold_ is not None else None,
+        "outlier_threshold": model.outlier_threshold_,
         "package_version": getattr(model, "package_version_", None),
     }
 
