@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick bench-tables bench-speed bench-scale lint clean
+.PHONY: demo test bench bench-quick bench-tables bench-speed bench-scale bench-outliers describe-mnist lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,11 +20,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2
 
-# Quality on digits and small tables (docs/benchmarks.md), then the table benchmark, one
-# after the other: runs that share the cores would spoil each other's timings.
+# Quality on digits and small tables (docs/benchmarks.md), then the table benchmark and the
+# outlier recall, one after the other: runs that share the cores would spoil each other's timings.
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.quality
 	$(BIN)/python -m benchmarks.tables
+	$(BIN)/python -m benchmarks.outliers
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.quality --quick
@@ -33,6 +34,21 @@ bench-quick: $(STAMP)
 # between the tables markers); `--quick` for a smoke run.
 bench-tables: $(STAMP)
 	$(BIN)/python -m benchmarks.tables
+
+# Recall of planted outliers at a 2% flag rate (assign --score): bench-results/outliers.json.
+bench-outliers: $(STAMP)
+	$(BIN)/python -m benchmarks.outliers
+
+# The pictures of docs/describe.md from the MNIST model `make bench` trains (default recipe,
+# K = 10, seed 0); trains it first when bench-cache/ does not hold it yet.
+MNIST_MODEL := bench-cache/runs/mnist-k10-s0.pt
+describe-mnist: $(STAMP)
+	$(BIN)/python -c "from benchmarks.quality import datasets; datasets()"
+	mkdir -p bench-cache/runs
+	test -f $(MNIST_MODEL) || $(BIN)/gmvae train bench-cache/mnist-test.parquet --k 10 --seed 0 -o $(MNIST_MODEL)
+	$(BIN)/gmvae describe $(MNIST_MODEL) bench-cache/mnist-test.parquet --json \
+		--examples docs/img/describe-mnist-examples.png --image-shape 28x28 \
+		--plot docs/img/describe-mnist-heatmap.png > bench-cache/describe-mnist.json
 
 # Wall time of whole commands against their targets (docs/speed.md).
 bench-speed: $(STAMP)

@@ -35,6 +35,40 @@ def make_blobs_frame(n_rows=2000, n_features=16, k=5, seed=0, spread=8.0):
     return frame, labels
 
 
+def blob_centres(n_features=16, k=5, seed=0, spread=8.0):
+    """The centres make_blobs_frame draws for the same arguments (its generator's first draw)."""
+    return np.random.default_rng(seed).normal(0.0, spread, size=(k, n_features))
+
+
+def blob_rows(centres, n_rows, seed):
+    """Fresh rows around known centres (unit variance): new data for a trained model."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(centres), size=n_rows)
+    values = centres[labels] + rng.normal(0.0, 1.0, size=(n_rows, centres.shape[1]))
+    return pd.DataFrame(values, columns=[f"c{i}" for i in range(centres.shape[1])]), labels
+
+
+def plant_outliers(frame, centres, share=0.01, seed=0, distance=15.0):
+    """Replace `share` of the rows by points far from every centre: uniform in a box three
+    times the centres' spread, kept only at least `distance` from each centre (a blob's own
+    rows lie about sqrt(n_features) = 4 from it). Returns the new frame and the planted mask."""
+    rng = np.random.default_rng(seed)
+    n, width = frame.shape
+    count = round(share * n)
+    reach = 3.0 * centres.std()
+    points = []
+    while len(points) < count:
+        point = rng.uniform(-reach, reach, width)
+        if np.linalg.norm(centres - point, axis=1).min() >= distance:
+            points.append(point)
+    rows = rng.choice(n, count, replace=False)
+    planted = frame.copy()
+    planted.iloc[rows] = np.array(points)
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    return planted, mask
+
+
 @pytest.fixture(scope="session")
 def blobs():
     return make_blobs_frame()

@@ -302,6 +302,22 @@ def test_examples_figure_writes_a_png(tmp_path):
         examples_figure(str(path), profile, (side, side + 1))
 
 
+def test_difference_images_write_a_png(tmp_path):
+    rng = np.random.default_rng(12)
+    n, side = 400, 5
+    clusters = rng.integers(0, 3, n)
+    frame = pd.DataFrame(rng.uniform(0, 1, (n, side * side)),
+                         columns=[f"p{i}" for i in range(side * side)])
+    frame["p0"] = 0.0  # a constant pixel: no difference to draw there
+    profile = ClusterProfile(list(frame.columns), [], k=4)  # cluster 3 stays empty
+    profile.add(frame, clusters)
+    path = tmp_path / "maps.png"
+    describe.difference_images(str(path), report(profile), (side, side))
+    assert written_png(path)
+    with pytest.raises(ValueError, match="image-shape"):
+        describe.difference_images(str(path), report(profile), (side, side + 1))
+
+
 def test_describe_stands_apart_from_the_model_and_draws_lazily():
     """The CLI wires describe up later; the module itself pulls in no torch or matplotlib."""
     import subprocess

@@ -169,3 +169,51 @@ def test_deterministic_assignment_uses_posterior_means():
     b = net.cluster_log_proba(y)
     assert torch.equal(a, b)
     np.testing.assert_allclose(a.exp().sum(1).numpy(), 1.0, rtol=1e-12)
+
+
+def test_row_elbo_with_draws_is_elbo_terms_per_row_without_the_threshold():
+    """With the same M draws, the batch mean of row_elbo is elbo_terms' ELBO with the raw
+    z-prior KL in place of max(λ, ·): the threshold is a training device on the batch mean."""
+    net, _ = _tiny_net(mc=3)
+    y = t(np.random.default_rng(6).normal(size=(5, 4)))
+    torch.manual_seed(11)
+    terms = net.elbo_terms(y)
+    torch.manual_seed(11)
+    rows = net.row_terms(y, mc_samples=3)
+    assert rows.elbo.shape == (5,)
+    assert float(rows.reconstruction.mean()) == pytest.approx(float(terms.reconstruction), rel=1e-12)
+    assert float(rows.conditional_prior.mean()) == pytest.approx(float(terms.conditional_prior), rel=1e-12)
+    assert float(rows.w_prior.mean()) == pytest.approx(float(terms.w_prior), rel=1e-12)
+    assert float(rows.z_prior.mean()) == pytest.approx(float(terms.z_prior_raw), rel=1e-12, abs=1e-15)
+    expected = terms.elbo + terms.z_prior - terms.z_prior_raw
+    assert float(rows.elbo.mean()) == pytest.approx(float(expected), rel=1e-12)
+
+
+@pytest.mark.parametrize("likelihood", ["gaussian", "bernoulli"])
+def test_row_elbo_at_the_posterior_means_matches_numpy(likelihood):
+    """mc_samples = 0: every expectation taken at x̄ = E[x|y], w̄ = E[w|y], analytic KLs
+    exact; deterministic, independent of the other rows, and its p(z|x̄,w̄) is assign's rule."""
+    net, cfg = _tiny_net(likelihood=likelihood)
+    rng = np.random.default_rng(7)
+    y_np = rng.uniform(size=(4, 4)) if likelihood == "bernoulli" else rng.normal(size=(4, 4))
+    y = t(y_np)
+    rows = net.row_terms(y)
+    with torch.no_grad():
+        x_mu, x_lv, w_mu, w_lv = (a.numpy() for a in net.encoder(y))
+        means, logvars = (a.numpy() for a in net.prior(t(w_mu)))  # (B, K, x_dim)
+        dec_mean, dec_lv = net.decoder(t(x_mu))
+    if likelihood == "gaussian":
+        recon = np_log_normal(y_np, dec_mean.numpy(), dec_lv.numpy())
+    else:
+        p = 1.0 / (1.0 + np.exp(-dec_mean.numpy()))
+        recon = np.sum(y_np * np.log(p) + (1 - y_np) * np.log(1 - p), axis=-1)
+    joint = np.exp(np_log_normal(x_mu[:, None, :], means, logvars))
+    pz = joint / joint.sum(-1, keepdims=True)  # (B, K)
+    conditional = (pz * np_gauss_kl(x_mu[:, None, :], x_lv[:, None, :], means, logvars)).sum(-1)
+    w_prior = np_gauss_kl(w_mu, w_lv, 0.0, 0.0)
+    z_prior = (pz * np.log(cfg.k * pz)).sum(-1)
+    np.testing.assert_allclose(rows.elbo.numpy(), recon - conditional - w_prior - z_prior, rtol=1e-9)
+    np.testing.assert_allclose(rows.log_proba.numpy(), np.log(pz), rtol=1e-9)
+    assert torch.equal(rows.log_proba, net.cluster_log_proba(y))
+    alone = torch.cat([net.row_elbo(y[i : i + 1]) for i in range(4)])
+    np.testing.assert_allclose(alone.numpy(), net.row_elbo(y).numpy(), rtol=1e-12)

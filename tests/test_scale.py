@@ -410,3 +410,12 @@ def test_ctrl_c_while_waiting_on_stdin_exits_130(trained_model, blobs, tmp_path)
                                         interrupt=True)
     assert code == 130, err
     assert err.strip().splitlines()[-1] == "interrupted"
+
+
+@pytest.mark.timeout(120)
+def test_torchrun_outlier_threshold_pools_every_ranks_scores(two_process_model, blobs):
+    """Each rank scores its half; the pooled scores give the quantile over all rows."""
+    folder, _ = two_process_model
+    model = GMVAE.load(str(folder / "model.pt"))
+    scores = model.score_samples(blobs[0])
+    assert model.outlier_threshold_ == pytest.approx(np.quantile(scores, 0.01), rel=1e-5)

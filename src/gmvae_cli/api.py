@@ -4,6 +4,8 @@
     model.predict(frame)                    # hard clusters
     model.predict_proba(frame)              # p(z | y)
     model.score(frame)                      # mean ELBO and its four terms
+    model.score_samples(frame)              # each row's ELBO (deterministic)
+    model.outlier_flags(frame)              # rows scoring below the training threshold
     model.save("model.pt"); GMVAE.load("model.pt")
 
 The CLI is a thin layer over this class.
@@ -29,7 +31,7 @@ from gmvae_cli.preprocess import Preprocessor, choose_columns, named_columns
 from gmvae_cli.progress import Reporter
 from gmvae_cli.settings import TrainSettings, check
 from gmvae_cli.sources import InMemoryRows, as_frame, open_table
-from gmvae_cli.train import Trainer, evaluate_terms
+from gmvae_cli.train import Trainer, evaluate_terms, outlier_threshold
 
 # A cluster holding less than this share of the rows counts as empty (collapse warnings).
 EFFECTIVE_SHARE = 0.01
@@ -56,11 +58,13 @@ class GMVAE:
         missing: str = "mean",
         categorical: str = "auto",
         warm_sample: int = 50_000,
+        outlier_quantile: float = 0.01,
     ):
         check(k=k, x_dim=x_dim, w_dim=w_dim, hidden=hidden, mc_samples=mc_samples,
               lambda_z=lambda_z, likelihood=likelihood, recipe=recipe, epochs=epochs,
               batch_size=batch_size, lr=lr, restarts=restarts, device=device, missing=missing,
               categorical=categorical, warm_sample=warm_sample)
+        check(outlier_quantile=outlier_quantile)
         # input_dim, the likelihood and an "auto" width are filled in by fit, from the data.
         self.hidden = hidden
         self.config = ModelConfig(
@@ -86,6 +90,10 @@ class GMVAE:
         self.recipe_summary_: dict = {}
         self.timings_: dict[str, float] = {}
         self.saved_epoch_: int | None = None  # epochs in the last checkpoint fit wrote
+        # Rows whose ELBO lies below the outlier_quantile of the training rows' are outliers;
+        # the threshold is measured once training ends.
+        self.outlier_quantile = outlier_quantile
+        self.outlier_threshold_: float | None = None
 
     # -- training ------------------------------------------------------------------------
 
@@ -154,11 +162,16 @@ class GMVAE:
                 checkpoint.save(checkpoint_path, self._payload(state["state_dict"], state))
 
         chosen = recipe.make(self.settings, shared)
+        self.outlier_threshold_ = None  # training checkpoints hold none
         trainer = Trainer(data, self.config, chosen, self.settings, device, reporter, save_state)
         fit = trainer.fit(resume=resume_state)
         self.net_, self.history_, self.terms_ = fit.net, fit.history, fit.terms
         self.cluster_sizes_, self.recipe_summary_ = fit.cluster_sizes, fit.recipe_summary
         self.timings_.update(fit.timings)
+        started = time.perf_counter()
+        self.outlier_threshold_ = outlier_threshold(self.net_, data, self.outlier_quantile,
+                                                    seed=self.settings.seed)
+        self.timings_["outlier_threshold"] = time.perf_counter() - started
         if writes:
             started = time.perf_counter()
             checkpoint.save(checkpoint_path, self._payload(self.net_.state_dict(), None))
@@ -236,6 +249,40 @@ class GMVAE:
         net = self._require_fitted()
         return evaluate_terms(net, InMemoryRows(self.matrix(table)[0]), seed=seed)
 
+    def score_samples(self, table, mc_samples: int = 0, seed: int = 0) -> np.ndarray:
+        """Each kept row's ELBO, a lower bound on log p(y) for the preprocessed row (higher:
+        the row fits the model better). mc_samples = 0 (deterministic) evaluates every
+        expectation at the posterior means of x and w; M > 0 averages M draws seeded by
+        `seed`. GMVAENet.row_terms defines both; the z-prior has no threshold λ."""
+        return self.row_scores_matrix(self.matrix(table)[0], mc_samples, seed)[0]
+
+    def outlier_flags(self, table) -> np.ndarray:
+        """True for each kept row whose ELBO (score_samples) is below the threshold that
+        training stored: the outlier_quantile of the training rows' scores."""
+        if self.outlier_threshold_ is None:
+            raise UserError("this model has no outlier threshold (trained before gmvae "
+                            "stored one); retrain it, or compare score_samples with your own")
+        return self.score_samples(table) < self.outlier_threshold_
+
+    @torch.no_grad()
+    def row_scores_matrix(self, matrix: np.ndarray, mc_samples: int = 0,
+                          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(ELBO (rows,), log p(z | y) (rows, K)) of preprocessed rows, in one pass. With
+        mc_samples = 0 the log-probabilities equal log_proba_matrix's (the same rule)."""
+        net = self._require_fitted()
+        device = devices.of(net)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
+                                   enabled=mc_samples > 0):
+            if mc_samples > 0:
+                torch.manual_seed(seed)
+
+            def both(y):
+                terms = net.row_terms(y, mc_samples)
+                return torch.cat([terms.elbo.unsqueeze(1), terms.log_proba], dim=1)
+
+            found = self._batched(matrix, both, self.config.k + 1)
+        return found[:, 0], found[:, 1:]
+
     @torch.no_grad()
     def sample(
         self,
@@ -309,6 +356,8 @@ class GMVAE:
             "training": training,
             "id_column": self.id_column_,
             "timings": self.timings_,
+            "outlier_quantile": self.outlier_quantile,
+            "outlier_threshold": self.outlier_threshold_,  # None while training
             **({} if training is not None else self.recipe_summary_),
         }
 
@@ -328,6 +377,9 @@ class GMVAE:
         self.hidden = self.config.hidden
         self.categorical = self.preprocessor_.categorical
         self.id_column_ = payload.get("id_column")
+        # Checkpoints from before outlier thresholds hold neither: no flags, scores still.
+        self.outlier_quantile = payload.get("outlier_quantile", 0.01)
+        self.outlier_threshold_ = payload.get("outlier_threshold")
 
     @classmethod
     def load(cls, path: str, device: str = "cpu") -> GMVAE:

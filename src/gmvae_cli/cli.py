@@ -94,6 +94,11 @@ def train(
     likelihood: Likelihood = "auto",
     restarts: Annotated[int, typer.Option(help="Independent fits; the best ELBO is kept.")] = 1,
     warm_sample: Annotated[int, typer.Option(help="Rows the default recipe's warm start sees (a seeded sample when the table is larger).")] = 50_000,
+    outlier_quantile: Annotated[float, typer.Option(
+        "--outlier-quantile",
+        help="Share of the training rows with the lowest ELBO that sets the outlier threshold "
+        "stored in the checkpoint (assign --score, describe, evaluate).",
+    )] = 0.01,
     seed: Seed = 0,
     device: Device = "auto",
     columns: Columns = None,
@@ -127,7 +132,7 @@ def train(
         "mc_samples": mc_samples, "lambda_z": lambda_z, "likelihood": likelihood, "recipe": recipe,
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "restarts": restarts,
         "device": device, "missing": missing, "categorical": categorical,
-        "warm_sample": warm_sample,
+        "warm_sample": warm_sample, "outlier_quantile": outlier_quantile,
     }
     check(**options, chunk_rows=chunk_rows)  # every option, before the data is read
     # Before a minute is spent: an existing model is kept unless told otherwise.
@@ -207,6 +212,13 @@ def assign(
     probs: Annotated[bool, typer.Option("--probs", help="Add prob_0 … prob_{K-1}.")] = False,
     id_column: IdColumn = None,
     mc_samples: Annotated[int, typer.Option(help="0: posterior means (deterministic); else the mean of p(z|x,w) over this many draws of x and w (seeded by --seed).")] = 0,
+    score: Annotated[bool, typer.Option(
+        "--score",
+        help="Add elbo (the row's ELBO, the model's lower bound on log p(y), with every "
+        "expectation taken at the posterior means of x and w: deterministic, no sampling; "
+        "docs/describe.md) and outlier (elbo below the threshold stored at training, "
+        "train --outlier-quantile).",
+    )] = False,
     seed: Seed = 0,
     batch_size: BatchSize = 65536,
     device: Device = "auto",
@@ -216,7 +228,7 @@ def assign(
 ) -> None:
     """Assign each row of DATA to a cluster; CSV on stdout unless -o.
 
-    Example: gmvae assign model.pt input.csv -o clusters.parquet --probs
+    Example: gmvae assign model.pt input.csv -o clusters.parquet --probs --score
     """
     if mc_samples < 0:
         raise UserError(f"--mc-samples must be 0 or more, got {mc_samples}")
@@ -224,7 +236,8 @@ def assign(
 
     rows.write_per_row(
         model_path, data, output,
-        lambda model: rows.assign_columns(model, probs=probs, mc_samples=mc_samples),
+        lambda model: rows.assign_columns(model, probs=probs, mc_samples=mc_samples,
+                                          score=score, note=note),
         description="assigning", id_column=id_column, batch_size=batch_size, device=device,
         fmt=fmt, key=key, quiet=quiet, seed=seed,
     )
@@ -311,6 +324,8 @@ def model_summary(model) -> dict:
         "final_terms": model.terms_,
         "cluster_sizes": model.cluster_sizes_,
         "effective_clusters": model.effective_clusters() if model.cluster_sizes_ else None,
+        "outlier_quantile": model.outlier_quantile if model.outlier_threshold_ is not None else None,
+        "outlier_threshold": model.outlier_threshold_,
         "package_version": getattr(model, "package_version_", None),
     }
 
@@ -348,6 +363,62 @@ def evaluate(
     from gmvae_cli import evaluate as evaluation
 
     evaluation.run(model_path, data, labels, labels_key, as_json, plot, seed, device, fmt, key)
+
+
+@app.command()
+@handle_errors
+def describe(
+    model_path: ModelPath,
+    data: Annotated[str, typer.Argument(help="Table to describe (the training table or new rows): .csv, .parquet, .h5, or - for stdin.")],
+    as_json: AsJson = False,
+    plot: Annotated[
+        str | None,
+        typer.Option("--plot", help="Save a PNG heatmap: how far each cluster's mean lies from the table's, per feature, in standard deviations (with --image-shape: one image per cluster)."),
+    ] = None,
+    top: Annotated[int, typer.Option("--top", help="Features listed per cluster, those that set it apart most.")] = 5,
+    examples: Annotated[
+        str | None,
+        typer.Option("--examples", help="Save a PNG of each cluster's most and least typical rows (highest and lowest ELBO) as images (image data)."),
+    ] = None,
+    image_shape: Annotated[
+        str | None,
+        typer.Option("--image-shape", help="HxW of one image, e.g. 28x28: for --examples (default: square), and to draw --plot as images."),
+    ] = None,
+    seed: Seed = 0,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", help="Rows read at a time (default 65,536; fewer for wide tables, about 4 million values)."),
+    ] = None,
+    device: Device = "auto",
+    fmt: Format = None,
+    key: Key = None,
+    quiet: Quiet = False,
+) -> None:
+    """Describe what each cluster of MODEL is on DATA, and which rows fit none.
+
+    One pass over DATA, chunk by chunk: per cluster its size, the share of outliers (rows
+    whose ELBO is below the threshold stored at training), each feature's mean and standard
+    deviation, and the features that set it apart from the whole table; rich tables on
+    stdout, or --json. docs/describe.md explains the numbers and their limits.
+
+    Example: gmvae describe model.pt data.parquet --top 3 --plot clusters.png
+    """
+    from gmvae_cli import plots
+
+    # Every option that needs no model, before the model, torch or the data is loaded.
+    if top < 1:
+        raise UserError(f"--top must be at least 1, got {top}")
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {batch_size}")
+    for path, option in ((plot, "--plot"), (examples, "--examples")):
+        if path is not None:
+            plots.check_png(path, option)
+    if image_shape is not None:
+        plots.parse_hxw(image_shape)
+    from gmvae_cli import describing
+
+    describing.run(model_path, data, as_json, plot, top, examples, image_shape, seed,
+                   batch_size, device, fmt, key, quiet)
 
 
 @app.command()

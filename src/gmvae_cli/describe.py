@@ -6,7 +6,8 @@ optionally, its ELBO score and outlier flag), and keeps only bounded summaries: 
 per-cluster count, mean and variance of every numeric column (`moments.GroupMoments`), a
 seeded reservoir sample of rows for medians, value counts of the categorical columns, outlier
 counts, and per cluster the rows that fit it best and worst. `report` turns it into plain
-data (the `--json` object), `show` into rich tables, `heatmap` and `examples_figure` into PNGs.
+data (the `--json` object), `show` into rich tables, `heatmap`, `difference_images` (the
+heatmap of image data, in the images' layout) and `examples_figure` into PNGs.
 
 The report's keys:
 
@@ -551,6 +552,45 @@ def heatmap(
         note(f"the heatmap shows the {len(shown)} features that differ most between clusters; "
              f"{left_out} more are left out (all are in --json)")
     return shown
+
+
+def difference_images(path: str, report: dict, image_shape: tuple[int, int]) -> None:
+    """For image data, the heatmap's numbers in the images' own layout: per cluster one H×W
+    map of its standardised differences (red: more than the whole table, blue: less; grey
+    where undefined, e.g. a pixel that is constant), on one shared symmetric scale."""
+    height, width = image_shape
+    matrix = _std_diff_matrix(report)  # (k, features)
+    if height * width != matrix.shape[1]:
+        raise UserError(
+            f"--image-shape {height}x{width} holds {height * width} pixels but the table has "
+            f"{matrix.shape[1]} numeric columns; pick H and W with that product"
+        )
+    k = report["k"]
+    finite = np.isfinite(matrix)
+    limit = max(float(np.abs(matrix[finite]).max()) if finite.any() else 0.0, 1e-9)
+    columns = min(k, 10)
+    rows = -(-k // columns)
+    plt = plots._pyplot()
+    fig = plt.figure(figsize=(1.5 * columns + 1.2, 1.6 * rows + 0.7), dpi=plots.DPI,
+                     layout="constrained")
+    try:
+        axes = np.atleast_1d(fig.subplots(rows, columns, squeeze=False)).ravel()
+        cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.8")
+        image = None
+        for j, ax in enumerate(axes):
+            ax.set_axis_off()
+            if j >= k:
+                continue
+            image = ax.imshow(np.ma.masked_invalid(matrix[j].reshape(height, width)), cmap=cmap,
+                              vmin=-limit, vmax=limit, interpolation="nearest")
+            share = report["clusters"][j]["share"]
+            ax.set_title(f"{j}" + ("" if share is None else f" ({share:.0%})"), fontsize=9)
+        fig.colorbar(image, ax=list(axes), shrink=0.9, label="standardised difference")
+        fig.suptitle("how each cluster differs from the whole table: (cluster mean − table "
+                     "mean) / table std, per cluster (share of rows)")
+        plots.save_figure(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def examples_figure(path: str, profile: ClusterProfile, image_shape: tuple[int, int]) -> None:

@@ -1,7 +1,7 @@
 """`gmvae evaluate`: how good a trained model is on a table, with or without known labels.
 
-Always: cluster sizes, effective clusters, mean confidence, and the mean ELBO with its four
-terms (GMVAE.score). With labels: both accuracies, NMI, ARI, purity, a per-cluster table
+Always: cluster sizes, effective clusters, mean confidence, the mean ELBO with its four
+terms (GMVAE.score), and how many rows the model flags as outliers. With labels: both accuracies, NMI, ARI, purity, a per-cluster table
 and the confusion matrix (metrics.py). Output: rich tables for people, `--json` for scripts,
 `--plot` for a PNG figure. The report's keys are documented in docs/evaluate.md.
 """
@@ -100,6 +100,7 @@ def build_report(
         "effective_clusters": model.effective_clusters(sizes),
         "mean_confidence": float(confidence.mean()),
         "score": model.score(frame, seed=seed),
+        "outliers": outlier_summary(model, frame),
         "labels": None,
     }
     if labels is not None:
@@ -112,6 +113,20 @@ def build_report(
         report["labels"] = label_report(labels[known], clusters[known], k)
         report["labels"]["rows_unlabelled"] = int((~known).sum())
     return report
+
+
+def outlier_summary(model: GMVAE, frame: pd.DataFrame) -> dict | None:
+    """Rows whose ELBO (GMVAE.score_samples) is below the threshold stored at training;
+    None for a model without one."""
+    if model.outlier_threshold_ is None:
+        return None
+    flags = model.outlier_flags(frame)
+    return {
+        "rows": int(flags.sum()),
+        "share": float(flags.mean()),
+        "threshold": model.outlier_threshold_,
+        "quantile": model.outlier_quantile,
+    }
 
 
 def run(model_path: str, data: str, labels: str | None, labels_key: str | None,
@@ -155,6 +170,12 @@ def show(report: dict, console: Console) -> None:
     summary.add_row("mean confidence", f"{report['mean_confidence']:.4f}")
     for name, value in report["score"].items():
         summary.add_row(name.replace("_", " ") if name != "elbo" else "ELBO (mean)", f"{value:.4f}")
+    outliers = report["outliers"]
+    summary.add_row(
+        "outliers (ELBO below the training threshold)",
+        f"{outliers['rows']} ({outliers['share']:.1%}; {outliers['quantile']:.1%} of the "
+        "training rows)" if outliers else "- (the model holds no threshold; retrain it)",
+    )
     found = report["labels"]
     if found:
         summary.add_row("labels", f"{found['source']} ({found['rows']} rows)")

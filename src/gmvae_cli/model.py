@@ -77,6 +77,21 @@ class ELBOTerms:
         return dict(zip(self.NAMES, self.stacked().tolist()))
 
 
+@dataclass
+class RowTerms:
+    """The ELBO of each row and its four terms, (B,) each: see GMVAENet.row_terms."""
+
+    reconstruction: torch.Tensor  # log p(y | x), at x = E[x|y] or averaged over M draws
+    conditional_prior: torch.Tensor  # Σ_k p(z_k|x,w) KL(q(x|y) || p(x|w,z_k))
+    w_prior: torch.Tensor  # KL(q(w|y) || N(0, I)), analytic
+    z_prior: torch.Tensor  # KL(p(z|x,w) || p(z)), raw: no threshold λ
+    log_proba: torch.Tensor  # (B, K) log p(z|x,w) (at the means: the assignment rule)
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        return self.reconstruction - self.conditional_prior - self.w_prior - self.z_prior
+
+
 # --- closed-form pieces, each a line of the spec -------------------------------------------
 
 
@@ -242,6 +257,52 @@ class GMVAENet(nn.Module):
             responsibilities=log_pz.exp().mean(0).detach(),
             assignment_log_proba=assignment,
         )
+
+    @torch.no_grad()
+    def row_terms(self, y, mc_samples: int = 0) -> RowTerms:
+        """Each row's ELBO terms, (B,) each: the score of `assign --score` and describe.
+
+        mc_samples = 0 (deterministic, the default everywhere a row is scored): every
+        expectation over q(x|y) q(w|y) is evaluated at the posterior means x̄ = E[x|y] and
+        w̄ = E[w|y]; the KLs that are analytic in q stay exact:
+
+            elbo(y) = log p(y | x̄)                                   reconstruction
+                    − Σ_k p(z_k|x̄,w̄) KL( q(x|y) ‖ N(μ_k(w̄), σ²_k(w̄)) )  conditional prior
+                    − KL( q(w|y) ‖ N(0, I) )                           w-prior
+                    − KL( p(z|x̄,w̄) ‖ Uniform(K) )                      z-prior, raw
+
+        A plug-in estimate, not itself a guaranteed bound: it differs from the ELBO by the
+        curvature of log p(y|x) and of the mixture terms over q's spread (small where q is
+        narrow). mc_samples = M > 0: the ELBO estimated as elbo_terms does, with M draws of
+        (x, w) from the global generator (seed it first), an unbiased estimate of the ELBO.
+
+        Unlike elbo_terms, the z-prior is the raw KL: max(λ, ·) is a training device applied
+        to a batch mean, and the plain KL gives the tighter, honest lower bound on log p(y).
+        With M draws and the same noise, the mean over a batch equals
+        elbo_terms(y).elbo + z_prior − z_prior_raw.
+        """
+        x_mu, x_logvar, w_mu, w_logvar = self.encoder(y)
+        if mc_samples == 0:
+            x, w = x_mu.unsqueeze(0), w_mu.unsqueeze(0)  # (1, B, x_dim), (1, B, w_dim)
+        else:
+            x = reparameterise(x_mu, x_logvar, mc_samples)  # (M, B, x_dim)
+            w = reparameterise(w_mu, w_logvar, mc_samples)  # (M, B, w_dim)
+        means, logvars = self.prior(w)  # (M, B, K, x_dim)
+        log_pz = log_cluster_posterior(x, means, logvars)  # (M, B, K)
+        kl_per_k = gaussian_kl(x_mu.unsqueeze(-2), x_logvar.unsqueeze(-2), means, logvars)
+        log_proba = log_pz[0] if mc_samples == 0 else (
+            torch.logsumexp(log_pz, dim=0) - math.log(mc_samples))
+        return RowTerms(
+            reconstruction=self.decoder.log_likelihood(y, x).mean(0),  # (B,)
+            conditional_prior=(log_pz.exp() * kl_per_k).sum(-1).mean(0),  # (B,)
+            w_prior=standard_normal_kl(w_mu, w_logvar),  # (B,)
+            z_prior=z_prior_kl(log_pz).mean(0),  # (B,)
+            log_proba=log_proba,  # (B, K)
+        )
+
+    def row_elbo(self, y, mc_samples: int = 0) -> torch.Tensor:
+        """Each row's ELBO, (B,): row_terms(y, mc_samples).elbo."""
+        return self.row_terms(y, mc_samples).elbo
 
     @torch.no_grad()
     def cluster_log_proba(self, y, mc_samples: int = 0):

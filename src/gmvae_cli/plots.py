@@ -94,26 +94,34 @@ def _confusion_heatmap(ax, fig, labels: dict) -> None:
     )
 
 
-def parse_image_shape(text: str | None, n_features: int) -> tuple[int, int]:
-    """'HxW' -> (H, W); without it, a square when the number of features is a square."""
+def parse_image_shape(text: str | None, n_features: int, option: str = "--grid") -> tuple[int, int]:
+    """'HxW' -> (H, W); without it, a square when the number of features is a square.
+    `option` is the picture option that needs the shape (named in the message)."""
     if text is None:
         side = round(n_features**0.5)
         if side * side != n_features:
             raise UserError(
-                f"--grid needs --image-shape HxW: the model's {n_features} columns are not a "
+                f"{option} needs --image-shape HxW: the model's {n_features} columns are not a "
                 "square image"
             )
         return side, side
-    parts = text.lower().split("x")
-    try:
-        height, width = (int(p) for p in parts)
-    except ValueError:
-        raise UserError(f"--image-shape takes HxW such as 28x28, got {text!r}")
-    if height < 1 or width < 1 or height * width != n_features:
+    height, width = parse_hxw(text)
+    if height * width != n_features:
         raise UserError(
             f"--image-shape {text} holds {height * width} pixels but the model has "
             f"{n_features} columns; pick H and W with H×W = {n_features}"
         )
+    return height, width
+
+
+def parse_hxw(text: str) -> tuple[int, int]:
+    """--image-shape's syntax alone, 'HxW' -> (H, W): checkable before any model is loaded."""
+    try:
+        height, width = (int(p) for p in text.lower().split("x"))
+    except ValueError:
+        raise UserError(f"--image-shape takes HxW such as 28x28, got {text!r}")
+    if height < 1 or width < 1:
+        raise UserError(f"--image-shape takes positive sizes such as 28x28, got {text!r}")
     return height, width
 
 

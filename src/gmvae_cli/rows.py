@@ -3,6 +3,7 @@ by chunk under a rows bar, with only the columns the model needs read from the i
 
 Each output chunk has the id column (or `row`, the row number across chunks) first, then
 the command's columns; rows the model's --missing drop rule left out get empty values.
+`assign --score` adds `elbo` (GMVAENet.row_terms at the posterior means) and `outlier`.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ Columns = Callable[[np.ndarray, np.ndarray], dict]  # (kept rows' matrix, keep m
 
 
 def cluster_columns(model: GMVAE, matrix: np.ndarray, keep: np.ndarray, probs: bool = False,
-                    mc_samples: int = 0) -> dict:
-    """cluster, confidence (and prob_0 … with probs) for every row; empty where not kept."""
-    log_p = model.log_proba_matrix(matrix, mc_samples)  # (kept rows, K)
+                    mc_samples: int = 0, log_p: np.ndarray | None = None) -> dict:
+    """cluster, confidence (and prob_0 … with probs) for every row; empty where not kept.
+    `log_p`: the kept rows' log p(z | y) when already computed (row_scores_matrix)."""
+    if log_p is None:
+        log_p = model.log_proba_matrix(matrix, mc_samples)  # (kept rows, K)
     top = log_p.argmax(1)
     best = np.zeros(len(keep), dtype=np.int64)
     best[keep] = top
@@ -41,8 +44,36 @@ def cluster_columns(model: GMVAE, matrix: np.ndarray, keep: np.ndarray, probs: b
     return out
 
 
-def assign_columns(model: GMVAE, probs: bool = False, mc_samples: int = 0) -> Columns:
-    return lambda matrix, keep: cluster_columns(model, matrix, keep, probs, mc_samples)
+def assign_columns(model: GMVAE, probs: bool = False, mc_samples: int = 0,
+                   score: bool = False, note: Callable[[str], None] = lambda s: None) -> Columns:
+    """assign's columns; with `score`, also elbo and outlier (score_columns)."""
+    if not score:
+        return lambda matrix, keep: cluster_columns(model, matrix, keep, probs, mc_samples)
+    if model.outlier_threshold_ is None:
+        note("note: this model holds no outlier threshold (trained before gmvae stored one), "
+             "so the outlier column is empty; retrain it to get one")
+
+    def columns(matrix: np.ndarray, keep: np.ndarray) -> dict:
+        elbo, log_p = model.row_scores_matrix(matrix)  # one pass for both
+        clusters = cluster_columns(model, matrix, keep, probs, mc_samples,
+                                   log_p if mc_samples == 0 else None)
+        return {**clusters, **score_columns(model, elbo, keep)}
+
+    return columns
+
+
+def score_columns(model: GMVAE, elbo: np.ndarray, keep: np.ndarray) -> dict:
+    """elbo (the kept rows' ELBO) and outlier (elbo below the model's threshold) for every
+    row; empty where not kept, and outlier empty throughout without a threshold."""
+    scores = np.full(len(keep), np.nan)
+    scores[keep] = elbo
+    flags = np.zeros(len(keep), dtype=bool)
+    unknown = ~keep
+    if model.outlier_threshold_ is None:
+        unknown = np.ones(len(keep), dtype=bool)
+    else:
+        flags[keep] = elbo < model.outlier_threshold_
+    return {"elbo": scores, "outlier": pd.arrays.BooleanArray(flags, unknown)}
 
 
 def embed_columns(model: GMVAE, with_w: bool = False, with_cluster: bool = False) -> Columns:

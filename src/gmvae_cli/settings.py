@@ -37,6 +37,7 @@ AT_LEAST = {
 }
 ZERO_OR_MORE = {"lambda_z": "--lambda"}
 POSITIVE = {"lr": "--lr"}
+BETWEEN_0_AND_1 = {"outlier_quantile": "--outlier-quantile"}  # open interval: 0 < value < 1
 
 
 @dataclass
@@ -82,6 +83,9 @@ def check(**values) -> None:
             raise UserError(f"{ZERO_OR_MORE[name]} must be 0 or more, got {value}")
         elif name in POSITIVE and not value > 0:
             raise UserError(f"{POSITIVE[name]} must be positive, got {value}")
+        elif name in BETWEEN_0_AND_1 and not 0 < value < 1:
+            raise UserError(f"{BETWEEN_0_AND_1[name]} must lie between 0 and 1 (e.g. 0.01 "
+                            f"for 1% of the rows), got {value}")
 
 
 def check_device(name: str) -> None:
