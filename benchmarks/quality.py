@@ -108,7 +108,7 @@ def run_gmvae(name: str, ds: dict, k: int, seed: int, extra: list[str], folder: 
     tag = f"{name}-k{k}-s{seed}{'-' + '-'.join(extra).strip('-') if extra else ''}"
     model, out = folder / f"{tag}.pt", folder / f"{tag}.csv"
     train_s = gmvae(["train", ds["file"], *ds["options"], "--k", str(k), "--seed", str(seed),
-                     "-o", str(model), "--quiet", *extra])
+                     "-o", str(model), "--force", "--quiet", *extra])
     assign_s = gmvae(["assign", str(model), ds["file"], *ds["options"], "-o", str(out)])
     clusters = pd.read_csv(out)["cluster"].to_numpy()
     payload = checkpoint.load(str(model))
