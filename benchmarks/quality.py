@@ -14,6 +14,7 @@ recipe pretrains its own (20 epochs, Adam 1e-3, batch 128).
 
     python -m benchmarks.quality            # full run, writes bench-results/ and docs/benchmarks.md
     python -m benchmarks.quality --quick    # smoke run: one short MNIST run and k-means
+    python -m benchmarks.quality --rerun usps   # that data set's GMVAE runs again, merged
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def run_gmvae(name: str, ds: dict, k: int, seed: int, extra: list[str], folder: 
     tag = f"{name}-k{k}-s{seed}{'-' + '-'.join(extra).strip('-') if extra else ''}"
     model, out = folder / f"{tag}.pt", folder / f"{tag}.csv"
     train_s = gmvae(["train", ds["file"], *ds["options"], "--k", str(k), "--seed", str(seed),
-                     "-o", str(model), "--quiet", *extra])
+                     "-o", str(model), "--force", "--quiet", *extra])
     assign_s = gmvae(["assign", str(model), ds["file"], *ds["options"], "-o", str(out)])
     clusters = pd.read_csv(out)["cluster"].to_numpy()
     payload = checkpoint.load(str(model))
@@ -297,19 +298,30 @@ def markdown(report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smoke run")
+    parser.add_argument("--rerun", choices=["mnist", "usps"],
+                        help="run this data set's GMVAE runs again and replace them in "
+                             "bench-results/quality.json (baselines and other runs kept)")
     args = parser.parse_args()
     sets = datasets()
     folder = CACHE / "runs"
     folder.mkdir(exist_ok=True, parents=True)
+    plan = QUICK_RUNS if args.quick else FULL_RUNS
+    if args.rerun:
+        plan = [run for run in plan if run[0] == args.rerun]
     runs = [run_gmvae(name, sets[name], k, seed, extra, folder)
-            for name, k, seeds, extra in (QUICK_RUNS if args.quick else FULL_RUNS)
-            for seed in seeds]
+            for name, k, seeds, extra in plan for seed in seeds]
     found = []
-    if not args.quick:
+    if args.rerun:
+        saved = json.loads((RESULTS / "quality.json").read_text())
+        found = saved["baselines"]
+        runs = [r for r in saved["runs"] if r["data"] != args.rerun] + runs
+    elif not args.quick:
         found = baselines("mnist", sets["mnist"]) + baselines("usps", sets["usps"])
     report = {
         "date": date.today().isoformat(),
-        "command": "make bench-quick" if args.quick else "make bench",
+        "command": ("make bench-quick" if args.quick else "make bench"
+                    + (f" (then `python -m benchmarks.quality --rerun {args.rerun}`)"
+                       if args.rerun else "")),
         "machine": machine(),
         "matmul_gflops": matmul_peak_gflops(),
         "runs": runs, "summary": summarise(runs), "baselines": found,

@@ -105,7 +105,7 @@ def train_and_score(name: str, slug: str, file: str, k: int, labels: np.ndarray,
     FOLDER.mkdir(parents=True, exist_ok=True)
     model = str((FOLDER / f"{slug}.pt").relative_to(ROOT))
     out = str((FOLDER / f"{slug}-clusters.csv").relative_to(ROOT))
-    train = ["train", file, "--k", str(k), "-o", model]
+    train = ["train", file, "--k", str(k), "-o", model, "--force"]
     result = {"what": name, "command": command_line(train), "rows": len(labels), "k": k}
     try:
         seconds, done = run_cli(train, capture=True)

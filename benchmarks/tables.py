@@ -353,7 +353,7 @@ def run_gmvae(table: Table, seed: int) -> dict:
     model = str((RUNS / f"{table.name}-s{seed}.pt").relative_to(ROOT))
     out = str((RUNS / f"{table.name}-s{seed}.csv").relative_to(ROOT))
     train = ["train", table.file(), "--k", str(table.k), "--seed", str(seed),
-             *table.user_options(), "-o", model]
+             *table.user_options(), "-o", model, "--force"]
     assign = ["assign", model, table.file(), "-o", out, "--quiet"]
     if table.id_column:
         assign += ["--id-column", table.id_column]

@@ -194,6 +194,24 @@ def test_the_more_stable_candidate_is_chosen(columns, graph, chosen):
     assert warm_start.choose(candidates, margin=0.01).name == chosen
 
 
+@pytest.mark.parametrize(("columns", "graph", "chosen"),
+                         [(0.9936, 0.9773, "graph"), (0.99, 0.85, "columns"), (0.5, 0.85, "graph")])
+def test_on_codes_the_graph_is_kept_unless_unstable(columns, graph, chosen):
+    """Large wide tables: the columns' mixture on a few principal components may be the more
+    stable and still the worse partition (USPS), so a stable graph of codes is kept."""
+    candidates = [warm_start.Candidate("columns", [], columns), warm_start.Candidate("graph", [], graph)]
+    assert warm_start.choose(candidates, margin=0.01, graph_floor=0.9).name == chosen
+
+
+@pytest.mark.parametrize(("min_width", "on_codes"), [(5, True), (8, False)])
+def test_spaces_say_whether_the_graph_is_built_on_codes(min_width, on_codes):
+    data = torch.randn(120, 8, generator=torch.Generator().manual_seed(0))
+    net = GMVAENet(ModelConfig(input_dim=8, k=3, hidden=(16,)))
+    settings = dataclasses.replace(SMALL, codes_min_rows=100, codes_min_width=min_width)
+    spaces = warm_start.spaces([net], data, 0, CPU, {}, settings)
+    assert spaces.on_codes is on_codes and len(spaces.graph) == 2
+
+
 def test_default_recipe_on_iris_beats_kmeans(tmp_path):
     """150 rows × 4 columns: the default recipe finds the three species about as well as a
     full-covariance GMM (ARI 0.90); clustering autoencoder codes gave 0.61, k-means gives 0.62."""

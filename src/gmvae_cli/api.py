@@ -22,8 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gmvae_cli import checkpoint, devices, distributed, recipe
-from gmvae_cli.batching import EVAL_BATCH
+from gmvae_cli import checkpoint, devices, distributed, inference, recipe
 from gmvae_cli.data import DEFAULT_CHUNK_ROWS
 from gmvae_cli.errors import UserError
 from gmvae_cli.model import GMVAENet, ModelConfig
@@ -205,44 +204,19 @@ class GMVAE:
         self._require_fitted()
         return self.preprocessor_.transform(named_columns(as_frame(table)), self.note)
 
-    @torch.no_grad()
-    def _batched(self, matrix: np.ndarray, fn, width: int) -> np.ndarray:
-        """fn over the rows of matrix in evaluation batches, gathered as one array."""
-        net = self._require_fitted()
-        net.eval()
-        device = devices.of(net)
-        parts = [fn(torch.from_numpy(matrix[s : s + EVAL_BATCH]).to(device)).cpu()
-                 for s in range(0, len(matrix), EVAL_BATCH)]
-        return torch.cat(parts).numpy() if parts else np.zeros((0, width), np.float32)
-
-    def log_proba_matrix(self, matrix: np.ndarray, mc_samples: int = 0) -> np.ndarray:
-        """log p(z | y) of preprocessed rows; mc_samples = 0 uses the posterior means."""
-        return self._batched(matrix, lambda y: self.net_.cluster_log_proba(y, mc_samples),
-                             self.config.k)
-
-    def embed_matrix(self, matrix: np.ndarray, with_w: bool = False) -> np.ndarray:
-        """Posterior means of x (and of w with with_w) of preprocessed rows."""
-        def means(y):
-            x, w = self.net_.embed(y)  # (batch, x_dim), (batch, w_dim)
-            return torch.cat([x, w], dim=1) if with_w else x
-
-        return self._batched(matrix, means, len(self.embedding_columns(with_w)))
-
     def predict_proba(self, table, mc_samples: int = 0) -> np.ndarray:
         """p(z | y) per kept row; mc_samples = 0 uses the posterior means (deterministic)."""
-        return np.exp(self.log_proba_matrix(self.matrix(table)[0], mc_samples))
+        net = self._require_fitted()
+        return np.exp(inference.log_proba(net, self.matrix(table)[0], mc_samples))
 
     def predict(self, table) -> np.ndarray:
-        return self.log_proba_matrix(self.matrix(table)[0]).argmax(1)
+        net = self._require_fitted()
+        return inference.log_proba(net, self.matrix(table)[0]).argmax(1)
 
     def transform(self, table, with_w: bool = False) -> np.ndarray:
         """Posterior means of x (and of w with with_w) per kept row: (rows, x_dim [+ w_dim])."""
-        return self.embed_matrix(self.matrix(table)[0], with_w)
-
-    def embedding_columns(self, with_w: bool = False) -> list[str]:
-        """Names of transform's columns: x_0 … x_{x_dim-1}, then w_0 … with with_w."""
-        names = [f"x_{j}" for j in range(self.config.x_dim)]
-        return names + ([f"w_{j}" for j in range(self.config.w_dim)] if with_w else [])
+        net = self._require_fitted()
+        return inference.embedding(net, self.matrix(table)[0], with_w)
 
     def score(self, table, seed: int = 0) -> dict[str, float]:
         """Mean ELBO and each of its four terms on this data."""
@@ -254,7 +228,8 @@ class GMVAE:
         the row fits the model better). mc_samples = 0 (deterministic) evaluates every
         expectation at the posterior means of x and w; M > 0 averages M draws seeded by
         `seed`. GMVAENet.row_terms defines both; the z-prior has no threshold λ."""
-        return self.row_scores_matrix(self.matrix(table)[0], mc_samples, seed)[0]
+        net = self._require_fitted()
+        return inference.row_scores(net, self.matrix(table)[0], mc_samples, seed)[0]
 
     def outlier_flags(self, table) -> np.ndarray:
         """True for each kept row whose ELBO (score_samples) is below the threshold that
@@ -263,25 +238,6 @@ class GMVAE:
             raise UserError("this model has no outlier threshold (trained before gmvae "
                             "stored one); retrain it, or compare score_samples with your own")
         return self.score_samples(table) < self.outlier_threshold_
-
-    @torch.no_grad()
-    def row_scores_matrix(self, matrix: np.ndarray, mc_samples: int = 0,
-                          seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(ELBO (rows,), log p(z | y) (rows, K)) of preprocessed rows, in one pass. With
-        mc_samples = 0 the log-probabilities equal log_proba_matrix's (the same rule)."""
-        net = self._require_fitted()
-        device = devices.of(net)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
-                                   enabled=mc_samples > 0):
-            if mc_samples > 0:
-                torch.manual_seed(seed)
-
-            def both(y):
-                terms = net.row_terms(y, mc_samples)
-                return torch.cat([terms.elbo.unsqueeze(1), terms.log_proba], dim=1)
-
-            found = self._batched(matrix, both, self.config.k + 1)
-        return found[:, 0], found[:, 1:]
 
     @torch.no_grad()
     def sample(
@@ -322,14 +278,9 @@ class GMVAE:
         # A category is read from its block's probabilities, not from 0/1 draws (a block
         # drawn all zero would always give its first category): only numbers are drawn.
         draw = binary and not pre.categories
-        net.eval()
-        device = devices.of(net)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else [],
-                                   enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            values = self._batched(labels, lambda idx: net.sample(idx, mean, draw),
-                                   self.config.input_dim).astype(np.float64)
+        with inference.seeded(net, seed):
+            values = inference.batched(net, labels, lambda idx: net.sample(idx, mean, draw),
+                                       self.config.input_dim).astype(np.float64)
             if binary and not draw:
                 p = values[:, : len(pre.numeric_columns)]
                 p[:] = (p >= 0.5) if mean else torch.bernoulli(torch.from_numpy(p)).numpy()

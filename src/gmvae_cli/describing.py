@@ -1,7 +1,7 @@
 """`gmvae describe`: what each of a model's clusters is, and which rows fit none, from a table
 read once, chunk by chunk.
 
-Per chunk: each row's cluster and ELBO in one pass of the networks (GMVAE.row_scores_matrix,
+Per chunk: each row's cluster and ELBO in one pass of the networks (inference.row_scores,
 at the posterior means: deterministic), its outlier flag (ELBO below the threshold stored at
 training), and the rows themselves go to describe.ClusterProfile. Memory holds a few chunks
 and the profile's bounded summaries, whatever the number of rows. describe.py turns the
@@ -15,7 +15,7 @@ import json
 import numpy as np
 from rich.console import Console
 
-from gmvae_cli import plots
+from gmvae_cli import inference, plots
 from gmvae_cli.api import GMVAE
 from gmvae_cli.data import count_rows, is_pipe, iter_table, read_ahead
 from gmvae_cli.describe import (
@@ -62,7 +62,7 @@ def profile_table(model: GMVAE, data: str, fmt: str | None, key: str | None,
         reporter.stage("describing", count_rows(data, fmt, key))
         for chunk in chunks:
             matrix, keep = model.matrix(chunk)
-            elbo, log_p = model.row_scores_matrix(matrix)
+            elbo, log_p = inference.row_scores(model.net_, matrix)
             clusters = np.full(len(chunk), -1, dtype=np.int64)
             clusters[keep] = log_p.argmax(1)
             scores = np.full(len(chunk), np.nan)

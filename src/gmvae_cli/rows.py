@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gmvae_cli import devices
+from gmvae_cli import devices, inference
 from gmvae_cli.api import GMVAE
 from gmvae_cli.data import TableWriter, count_rows, is_pipe, iter_table, read_ahead
 from gmvae_cli.errors import UserError
@@ -26,9 +26,9 @@ Columns = Callable[[np.ndarray, np.ndarray], dict]  # (kept rows' matrix, keep m
 def cluster_columns(model: GMVAE, matrix: np.ndarray, keep: np.ndarray, probs: bool = False,
                     mc_samples: int = 0, log_p: np.ndarray | None = None) -> dict:
     """cluster, confidence (and prob_0 … with probs) for every row; empty where not kept.
-    `log_p`: the kept rows' log p(z | y) when already computed (row_scores_matrix)."""
+    `log_p`: the kept rows' log p(z | y) when already computed (inference.row_scores)."""
     if log_p is None:
-        log_p = model.log_proba_matrix(matrix, mc_samples)  # (kept rows, K)
+        log_p = inference.log_proba(model.net_, matrix, mc_samples)  # (kept rows, K)
     top = log_p.argmax(1)
     best = np.zeros(len(keep), dtype=np.int64)
     best[keep] = top
@@ -54,7 +54,7 @@ def assign_columns(model: GMVAE, probs: bool = False, mc_samples: int = 0,
              "so the outlier column is empty; retrain it to get one")
 
     def columns(matrix: np.ndarray, keep: np.ndarray) -> dict:
-        elbo, log_p = model.row_scores_matrix(matrix)  # one pass for both
+        elbo, log_p = inference.row_scores(model.net_, matrix)  # one pass for both
         clusters = cluster_columns(model, matrix, keep, probs, mc_samples,
                                    log_p if mc_samples == 0 else None)
         return {**clusters, **score_columns(model, elbo, keep)}
@@ -78,11 +78,11 @@ def score_columns(model: GMVAE, elbo: np.ndarray, keep: np.ndarray) -> dict:
 
 def embed_columns(model: GMVAE, with_w: bool = False, with_cluster: bool = False) -> Columns:
     """x_0 … (w_0 … with with_w) and, with with_cluster, cluster and confidence as assign."""
-    names = model.embedding_columns(with_w)
+    names = inference.embedding_columns(model.net_, with_w)
 
     def columns(matrix: np.ndarray, keep: np.ndarray) -> dict:
         values = np.full((len(keep), len(names)), np.nan, dtype=np.float32)
-        values[keep] = model.embed_matrix(matrix, with_w)
+        values[keep] = inference.embedding(model.net_, matrix, with_w)
         out = {name: values[:, j] for j, name in enumerate(names)}
         if with_cluster:
             out.update(cluster_columns(model, matrix, keep))
