@@ -224,3 +224,16 @@ def test_default_recipe_on_iris_beats_kmeans(tmp_path):
     assert run_cli("train", data, "--k", 3, "-o", model, "--quiet").exit_code == 0
     out = pd.read_csv(io.StringIO(run_cli("assign", model, data).stdout))
     assert adjusted_rand_score(iris.target, out["cluster"]) >= 0.85
+
+
+def test_rows_outside_the_sample_take_their_nearest_sample_rows_clusters(monkeypatch):
+    """Placing in blocks (here 4 rows at a time) gives the brute-force answer."""
+    gen = torch.Generator().manual_seed(3)
+    sample, rows = torch.randn(50, 3, generator=gen), torch.randn(23, 3, generator=gen)
+    resp = torch.softmax(torch.randn(50, 4, generator=gen), dim=1)
+    view = warm_start.View.of(None, sample, CPU)
+    monkeypatch.setattr(warm_start, "PLACE_BLOCK_ELEMENTS", 50 * 4)
+    placed = warm_start.place(view, view(sample, CPU), resp, rows, CPU, neighbours=5)
+    x, s = view(rows, CPU).numpy(), view(sample, CPU).numpy()
+    nearest = np.argsort(((x[:, None, :] - s[None, :, :]) ** 2).sum(-1), axis=1)[:, :5]
+    np.testing.assert_allclose(placed.numpy(), resp.numpy()[nearest].mean(1), rtol=1e-6)
