@@ -153,8 +153,10 @@ def test_train_stream_on_blobs(blobs_files, blobs, tmp_path):
     assert json.loads(run_cli("info", model, "--json").stdout)["recipe"] == "default"
     assert adjusted_rand_score(blobs[1], fitted.predict(blobs[0])) >= 0.9
     assert sum(fitted.cluster_sizes_) == 2000
-    pseudo = checkpoint.load(str(model))["pseudo_labels"]
+    payload = checkpoint.load(str(model))
+    pseudo = payload["pseudo_labels"]
     assert len(pseudo) == 2000 and adjusted_rand_score(blobs[1], pseudo) >= 0.9
+    assert payload["timings"]["place"] > 0  # placing the other rows is timed as its own stage
 
 
 def test_stream_needs_a_file():

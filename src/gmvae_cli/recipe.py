@@ -153,7 +153,9 @@ class DefaultRecipe(Recipe):
             self.stage, self.pretraining = "ready", None
             save()
         if self.stage == "ready" and self.targets is None:
+            timed = time.perf_counter()
             self.targets = self._place(data, net.cfg.k, device)
+            timings["place"] = timings.get("place", 0.0) + time.perf_counter() - timed
             self.pseudo_labels = self.targets.argmax(1).to(torch.int32)
 
     def _build(self, net, data, seed, batch_size, device, report, save, timings) -> None:
