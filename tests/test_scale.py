@@ -421,3 +421,24 @@ def test_torchrun_outlier_threshold_pools_every_ranks_scores(two_process_model, 
     model = GMVAE.load(str(folder / "model.pt"))
     scores = model.score_samples(blobs[0])
     assert model.outlier_threshold_ == pytest.approx(np.quantile(scores, 0.01), rel=1e-5)
+
+
+def test_a_table_in_memory_is_read_in_blocks_with_the_same_result():
+    """Statistics and scaling of a frame in memory go block by block (bounded temporaries):
+    the preprocessor and the matrix equal those of the whole frame at once."""
+    from gmvae_cli.preprocess import Preprocessor
+    from gmvae_cli.sources import open_table
+
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame(rng.normal(3.0, 2.0, (1000, 4)), columns=list("abcd"))
+    frame.loc[[5, 700], "b"] = np.nan
+    whole = open_table(frame, False, None, None, chunk_rows=10_000)
+    blocks = open_table(frame, False, None, None, chunk_rows=96)
+    assert len(list(blocks.chunks(list("abcd")))) == 11
+    fits = [Preprocessor.fit(t.chunks(list("abcd")), list("abcd"), "drop", "auto") for t in (whole, blocks)]
+    (one, kept_one), (other, kept_other) = fits
+    assert kept_one == kept_other == 998
+    np.testing.assert_allclose(one.center, other.center, rtol=1e-12)
+    np.testing.assert_allclose(one.scale, other.scale, rtol=1e-12)
+    expected = one.transform(frame)[0]
+    np.testing.assert_array_equal(blocks.rows(one).matrix.numpy(), expected)
