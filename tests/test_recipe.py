@@ -173,7 +173,7 @@ def test_a_nuisance_code_column_does_not_capture_the_mixture():
 
 
 def test_blobs_are_clustered_on_their_columns():
-    """On blobs the columns' mixture is as stable as the graph's: the plainer one is kept."""
+    """On blobs the columns' two runs agree, so the graph could not win and is never built."""
     from sklearn.metrics import adjusted_rand_score as ari
 
     frame, labels = make_blobs_frame(n_rows=600, n_features=4, k=3, seed=8)
@@ -182,9 +182,22 @@ def test_blobs_are_clustered_on_their_columns():
     timings: dict = {}
     spaces = warm_start.spaces([net], data, 0, CPU, timings, SMALL)
     resp, _, found = warm_start.pseudo_clusters(net, data, spaces, 0, CPU, timings, SMALL)
-    assert found["chosen"] == "columns" and set(found["stability"]) == {"columns", "graph"}
+    assert found["chosen"] == "columns" and found["stability"] == {"columns": 1.0}
     assert ari(labels, resp.argmax(1).numpy()) >= 0.99
-    assert set(timings) == {"columns", "neighbours", "embedding", "mixture"}
+    assert set(timings) == {"columns", "mixture"} and spaces.embeddings is None
+
+
+@pytest.mark.parametrize(("columns", "floor", "can_win"),
+                         [(1.0, None, False), (0.99, None, False), (0.985, None, True),
+                          (1.0, 0.9, True)])
+def test_the_graph_is_built_only_where_it_could_be_chosen(columns, floor, can_win):
+    """With margin 0.01 a graph (stability at most 1) cannot beat columns at 0.99 or above,
+    except on the codes path, where a stable graph is kept whatever the columns say."""
+    runs = warm_start.Candidate("columns", [], columns)
+    assert warm_start.graph_can_win(runs, 0.01, floor) is can_win
+    if not can_win:
+        best = warm_start.Candidate("graph", [], 1.0)
+        assert warm_start.choose([runs, best], margin=0.01, graph_floor=floor).name == "columns"
 
 
 @pytest.mark.parametrize(("columns", "graph", "chosen"),
@@ -209,7 +222,7 @@ def test_spaces_say_whether_the_graph_is_built_on_codes(min_width, on_codes):
     net = GMVAENet(ModelConfig(input_dim=8, k=3, hidden=(16,)))
     settings = dataclasses.replace(SMALL, codes_min_rows=100, codes_min_width=min_width)
     spaces = warm_start.spaces([net], data, 0, CPU, {}, settings)
-    assert spaces.on_codes is on_codes and len(spaces.graph) == 2
+    assert spaces.on_codes is on_codes and len(spaces.graph({})) == 2
 
 
 def test_default_recipe_on_iris_beats_kmeans(tmp_path):

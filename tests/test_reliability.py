@@ -20,6 +20,7 @@ import torch
 from conftest import make_blobs_frame, run_cli
 from gmvae_cli import checkpoint
 from gmvae_cli.model import GMVAENet
+from gmvae_cli.optimizer import FusedAdam
 from gmvae_cli.train import DIVERGED
 
 TINY = ["--recipe", "paper", "--hidden", "8,8", "--x-dim", "2", "--w-dim", "2", "--quiet"]
@@ -231,7 +232,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(small_csv, monkeypatc
 
 def test_nan_weights_behind_a_finite_loss_are_not_saved(small_csv, monkeypatch):
     """A NaN step at the very end of epoch 2: the epoch-1 checkpoint must survive."""
-    real_step, steps = torch.optim.Adam.step, []
+    real_step, steps = FusedAdam.step, []
 
     def poisoned_step(self, *args, **kwargs):
         out = real_step(self, *args, **kwargs)
@@ -241,7 +242,7 @@ def test_nan_weights_behind_a_finite_loss_are_not_saved(small_csv, monkeypatch):
                 self.param_groups[0]["params"][0].fill_(float("nan"))
         return out
 
-    monkeypatch.setattr(torch.optim.Adam, "step", poisoned_step)
+    monkeypatch.setattr(FusedAdam, "step", poisoned_step)
     result = run_cli(*train_args(small_csv, "model.pt", 6))
     assert result.exit_code == 2 and result.stderr == f"error: {DIVERGED}\n"
     saved = checkpoint.load("model.pt")

@@ -31,12 +31,6 @@ def of(net: torch.nn.Module) -> torch.device:
     return next(net.parameters()).device
 
 
-def adam(params, device: torch.device, lr: float = 1e-3) -> torch.optim.Adam:
-    """Adam with its fused kernel where torch has one: one pass over all parameters per
-    step instead of a loop of small ones (the step took a fifth of a CPU training step)."""
-    return torch.optim.Adam(params, lr=lr, fused=device.type in ("cpu", "cuda"))
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

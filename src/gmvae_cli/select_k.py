@@ -35,7 +35,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from gmvae_cli import plots
+from gmvae_cli import clustering, plots
 from gmvae_cli.api import GMVAE
 from gmvae_cli.data import read_table
 from gmvae_cli.errors import UserError
@@ -207,9 +207,7 @@ def _measure_k(k, frame, train, held, restarts, seed, columns, exclude, reporter
         labels.append(assigned)
         reporter.update(1, f"K={k} seed {run_seed}: held-out ELBO {elbos[-1]:.2f}")
     pairs = list(itertools.combinations(labels, 2))
-    from sklearn.metrics import adjusted_rand_score  # only the sweep needs scikit-learn
-
-    stability = float(np.mean([adjusted_rand_score(a, b) for a, b in pairs])) if pairs else None
+    stability = float(np.mean([clustering.adjusted_rand(a, b) for a, b in pairs])) if pairs else None
     return KResult(k, seeds, [float(e) for e in elbos], [int(e) for e in effective], stability)
 
 

@@ -19,6 +19,7 @@ from gmvae_cli import devices, distributed
 from gmvae_cli.batching import EVAL_BATCH
 from gmvae_cli.errors import UserError
 from gmvae_cli.model import ELBOTerms, GMVAENet, ModelConfig
+from gmvae_cli.optimizer import adam
 from gmvae_cli.progress import Reporter
 from gmvae_cli.recipe import Phase, Recipe
 from gmvae_cli.settings import TrainSettings
@@ -200,7 +201,7 @@ class Trainer:
                             device=self.device, report=self._report_stage,
                             save=checkpoint, timings=self.timings)
         # Created after prepare: a warm start may have moved parameters.
-        optimizer = devices.adam(net.parameters(), self.device)
+        optimizer = adam(net.parameters(), self.device)
         if state is not None and state["optimizer"] is not None:
             optimizer.load_state_dict(state["optimizer"])
         trained = distributed.for_training(net, self.device)  # wrapped in DDP under torchrun

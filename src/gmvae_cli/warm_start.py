@@ -10,7 +10,8 @@ spread is 4-10 points). Two ways to find the pseudo-clusters suit different tabl
   blocks.
 Neither wins everywhere, and labels may not choose, so both run twice with different seeds
 and the one that finds the same partition again (higher stability, the adjusted Rand index
-between its two runs) is kept; on a tie, the plainer mixture on the columns. On large wide
+between its two runs) is kept; on a tie, the plainer mixture on the columns (so when the
+columns' runs agree the graph cannot win and is not built: blobs skip it). On large wide
 tables, where the columns' mixture only sees a few principal components, the graph of codes
 is kept unless it is unstable (WarmStartSettings.codes_graph_floor). The prior
 network is then set to the chosen clusters' code statistics, and the recipe's guided phase
@@ -28,9 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from gmvae_cli import devices, neighbour_embedding
+from gmvae_cli import clustering, neighbour_embedding
 from gmvae_cli.batching import EVAL_BATCH, index_batches
 from gmvae_cli.model import Encoder, GMVAENet, ModelConfig
+from gmvae_cli.optimizer import adam
 
 Report = Callable[[str, float], None] | None
 
@@ -96,7 +98,7 @@ def pretrain(
         net = nets[i]
         params = list(net.encoder.trunk.parameters()) + list(net.encoder.x_head.parameters())
         params += list(net.decoder.parameters())
-        opt = devices.adam(params, device, lr=settings.pretrain_lr)
+        opt = adam(params, device, lr=settings.pretrain_lr)
         if state is not None and i == first and state["optimizer"] is not None:
             opt.load_state_dict(state["optimizer"])
         stage = "pretrain" if len(nets) == 1 else f"pretrain {i + 1}/{len(nets)}"
@@ -214,13 +216,31 @@ class Candidate:
 @dataclass
 class Spaces:
     """What the pseudo-clusters are found in, whatever K is (select-k builds it once per
-    seed): each way's space for each of its two seeds, and the views that place other rows."""
+    seed): each way's space for each of its two seeds, and the views that place other rows.
+    The graph's embeddings are built the first time a K needs them (`graph`)."""
 
     columns: list[np.ndarray]  # the dequantised (PCA'd) columns, per seed
-    graph: list[np.ndarray]  # the neighbour-graph embedding, per seed; empty for tiny samples
     columns_view: View
     graph_view: View
+    graph_input: np.ndarray | None  # what the neighbour graph joins; None for tiny samples
+    seeds: list[int]
+    settings: WarmStartSettings
     on_codes: bool = False  # the graph is built on autoencoder codes (uses_codes)
+    embeddings: list[np.ndarray] | None = None
+
+    def graph(self, timings: dict[str, float]) -> list[np.ndarray]:
+        """The neighbour-graph embedding, per seed (empty for tiny samples)."""
+        if self.graph_input is None:
+            return []
+        if self.embeddings is None:
+            timed = time.perf_counter()
+            graph = torch.from_numpy(self.graph_input.astype(np.float32))
+            knn = neighbour_embedding.exact_knn(
+                graph, min(self.settings.embed_neighbours, len(graph) - 1))
+            _add(timings, "neighbours", timed)
+            self.embeddings = [_embedding(self.graph_input, knn, s, self.settings, timings)
+                               for s in self.seeds]
+        return self.embeddings
 
 
 def spaces(nets: list[GMVAENet], sample: torch.Tensor, seed: int, device: torch.device,
@@ -231,18 +251,13 @@ def spaces(nets: list[GMVAENet], sample: torch.Tensor, seed: int, device: torch.
     graph_view = View.of(nets, sample, device) if codes else inputs
     seeds = [seed, seed + 1]
     timed = time.perf_counter()
-    found = Spaces([_columns_space(columns, s, settings) for s in seeds], [], inputs, graph_view,
-                   codes)
+    found = [_columns_space(columns, s, settings) for s in seeds]
     _add(timings, "columns", timed)
+    graph_input = None
     if len(sample) >= settings.embed_min_rows:
-        graph = _pca(graph_view(sample, device).numpy() if codes else columns,
-                     settings.graph_max_dims, seed)
-        timed = time.perf_counter()
-        knn = neighbour_embedding.exact_knn(torch.from_numpy(graph.astype(np.float32)),
-                                            min(settings.embed_neighbours, len(graph) - 1))
-        _add(timings, "neighbours", timed)
-        found.graph = [_embedding(graph, knn, s, settings, timings) for s in seeds]
-    return found
+        graph_input = _pca(graph_view(sample, device).numpy() if codes else columns,
+                           settings.graph_max_dims)
+    return Spaces(found, inputs, graph_view, graph_input, seeds, settings, codes)
 
 
 def pseudo_clusters(
@@ -260,11 +275,12 @@ def pseudo_clusters(
     k, seeds = net.cfg.k, [seed, seed + 1]
     candidates = [_candidate("columns", [_mixture(space, k, s, settings, timings)
                                          for space, s in zip(found.columns, seeds)])]
-    if found.graph and len(sample) >= 3 * k:
+    floor = settings.codes_graph_floor if found.on_codes else None
+    if (found.graph_input is not None and len(sample) >= 3 * k
+            and graph_can_win(candidates[0], settings.stability_margin, floor)):
         candidates.append(_candidate("graph", [_mixture(space, k, s, settings, timings)
-                                               for space, s in zip(found.graph, seeds)]))
-    chosen = choose(candidates, settings.stability_margin,
-                    settings.codes_graph_floor if found.on_codes else None)
+                                               for space, s in zip(found.graph(timings), seeds)]))
+    chosen = choose(candidates, settings.stability_margin, floor)
     resp = torch.from_numpy(chosen.runs[0]).float()
     init_prior(net, encode_means(net, sample, device), resp, settings)
     view = found.graph_view if chosen.name == "graph" else found.columns_view
@@ -285,11 +301,15 @@ def choose(candidates: list[Candidate], margin: float, graph_floor: float | None
     return chosen
 
 
-def _candidate(name: str, runs: list[np.ndarray]) -> Candidate:
-    from sklearn.metrics import adjusted_rand_score
+def graph_can_win(columns: Candidate, margin: float, graph_floor: float | None) -> bool:
+    """Whether `choose` could prefer the graph to these columns' runs: a stability (at most
+    1) must beat theirs by `margin`, or reach the floor on the codes path."""
+    return graph_floor is not None or columns.stability < 1.0 - margin
 
+
+def _candidate(name: str, runs: list[np.ndarray]) -> Candidate:
     labels = [r.argmax(1) for r in runs]
-    return Candidate(name, runs, float(adjusted_rand_score(labels[0], labels[1])))
+    return Candidate(name, runs, clustering.adjusted_rand(labels[0], labels[1]))
 
 
 def _columns_space(columns: np.ndarray, seed: int, settings: WarmStartSettings) -> np.ndarray:
@@ -298,7 +318,7 @@ def _columns_space(columns: np.ndarray, seed: int, settings: WarmStartSettings) 
     likelihood, capturing the mixture), then PCA where the table is wide."""
     space = dequantised(columns, np.random.default_rng(seed), settings.discrete_max_values)
     if space.shape[1] > settings.columns_pca_above:
-        space = _pca(space, settings.columns_max_dims, seed)
+        space = _pca(space, settings.columns_max_dims)
     return space
 
 
@@ -317,12 +337,8 @@ def dequantised(values: np.ndarray, rng: np.random.Generator, max_values: int) -
     return out
 
 
-def _pca(values: np.ndarray, dims: int, seed: int) -> np.ndarray:
-    if values.shape[1] <= dims:
-        return values
-    from sklearn.decomposition import PCA
-
-    return PCA(dims, random_state=seed).fit_transform(values)
+def _pca(values: np.ndarray, dims: int) -> np.ndarray:
+    return values if values.shape[1] <= dims else clustering.pca(values, dims)
 
 
 def _embedding(graph: np.ndarray, knn, seed: int, settings: WarmStartSettings,
@@ -338,12 +354,8 @@ def _embedding(graph: np.ndarray, knn, seed: int, settings: WarmStartSettings,
 def _mixture(space: np.ndarray, k: int, seed: int, settings: WarmStartSettings,
              timings: dict[str, float]) -> np.ndarray:
     """A full-covariance GMM's responsibilities, best of settings.gmm_inits k-means starts."""
-    from sklearn.mixture import GaussianMixture
-
     timed = time.perf_counter()
-    gmm = GaussianMixture(k, covariance_type="full", random_state=seed,
-                          n_init=settings.gmm_inits, reg_covar=1e-4).fit(space)
-    resp = gmm.predict_proba(space)
+    resp = clustering.gaussian_mixture(space, k, seed, inits=settings.gmm_inits)
     _add(timings, "mixture", timed)
     return resp
 

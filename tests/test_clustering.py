@@ -1,0 +1,86 @@
+"""The warm start's k-means, Gaussian mixture, PCA and ARI (clustering.py) against
+scikit-learn's, which they replace in the training process."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.cluster import KMeans
+from sklearn.datasets import load_iris, make_blobs
+from sklearn.decomposition import PCA
+from sklearn.metrics import adjusted_rand_score
+from sklearn.mixture import GaussianMixture
+from sklearn.preprocessing import StandardScaler
+
+from gmvae_cli import clustering
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_adjusted_rand_equals_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    a, b = rng.integers(0, 4, 200), rng.integers(0, 6, 200)
+    b[:120] = a[:120]  # partly agreeing
+    assert clustering.adjusted_rand(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+    assert clustering.adjusted_rand(a, a + 7) == 1.0
+    assert clustering.adjusted_rand(np.zeros(5), np.zeros(5)) == 1.0
+
+
+def test_mixture_log_likelihood_equals_scikit_learn_for_the_same_parameters():
+    x = StandardScaler().fit_transform(load_iris().data)
+    gmm = GaussianMixture(3, covariance_type="full", random_state=0, reg_covar=1e-4).fit(x)
+    params = (torch.tensor(gmm.weights_)[None], torch.tensor(gmm.means_)[None],
+              torch.tensor(gmm.precisions_cholesky_)[None])
+    norm, log_resp = clustering._e_step(torch.from_numpy(x), params)
+    assert float(norm[0]) == pytest.approx(gmm.score(x), abs=1e-10)
+    np.testing.assert_allclose(log_resp[0].exp().numpy(), gmm.predict_proba(x), atol=1e-10)
+
+
+def test_m_step_equals_scikit_learn_from_the_same_responsibilities():
+    x = StandardScaler().fit_transform(load_iris().data)
+    resp = np.random.default_rng(1).dirichlet(np.ones(3), len(x))
+    gmm = GaussianMixture(3, covariance_type="full", reg_covar=1e-4)
+    gmm._initialize(x, resp)  # scikit-learn's M-step from given responsibilities
+    weights, means, precision_chol = clustering._m_step(torch.from_numpy(x),
+                                                        torch.from_numpy(resp)[None], 1e-4)
+    np.testing.assert_allclose(weights[0].numpy(), gmm.weights_, atol=1e-12)
+    np.testing.assert_allclose(means[0].numpy(), gmm.means_, atol=1e-12)
+    np.testing.assert_allclose(precision_chol[0].numpy(), gmm.precisions_cholesky_, atol=1e-8)
+
+
+def test_lloyd_iterations_equal_scikit_learn_from_the_same_seeding(monkeypatch):
+    x = StandardScaler().fit_transform(load_iris().data)
+    data = torch.from_numpy(x)
+    seeds = clustering._kmeans_plus_plus(data, (data * data).sum(1), 3, 5,
+                                         torch.Generator().manual_seed(0))
+    monkeypatch.setattr(clustering, "_kmeans_plus_plus", lambda *args: seeds)
+    ours = clustering.kmeans(data, 3, 5, torch.Generator())
+    for b in range(5):
+        theirs = KMeans(3, init=seeds[b].numpy(), n_init=1, algorithm="lloyd").fit(x).labels_
+        assert adjusted_rand_score(theirs, ours[b].numpy()) == 1.0
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mixture_finds_scikit_learns_partition(seed):
+    """Iris (standardised) and well separated blobs: the best of 10 restarts is the partition
+    GaussianMixture(n_init=10) finds, and the responsibilities sum to one."""
+    for x, k in [(StandardScaler().fit_transform(load_iris().data), 3),
+                 (make_blobs(900, 5, centers=4, random_state=seed)[0], 4)]:
+        ours = clustering.gaussian_mixture(x, k, seed)
+        theirs = GaussianMixture(k, covariance_type="full", n_init=10, reg_covar=1e-4,
+                                 random_state=seed).fit(x).predict(x)
+        assert adjusted_rand_score(theirs, ours.argmax(1)) == 1.0
+        np.testing.assert_allclose(ours.sum(1), 1.0, atol=1e-9)
+
+
+def test_same_seed_same_responsibilities_and_restarts_matter():
+    x = StandardScaler().fit_transform(load_iris().data)
+    a, b = clustering.gaussian_mixture(x, 5, 3), clustering.gaussian_mixture(x, 5, 3)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, clustering.gaussian_mixture(x, 5, 4))
+
+
+def test_pca_spans_scikit_learns_components():
+    x = np.random.default_rng(2).normal(size=(300, 8)) @ np.random.default_rng(3).normal(size=(8, 8))
+    ours = clustering.pca(x, 3)
+    theirs = PCA(3).fit_transform(x)
+    for j in range(3):  # each component up to its sign
+        assert abs(np.corrcoef(ours[:, j], theirs[:, j])[0, 1]) == pytest.approx(1.0, abs=1e-9)
