@@ -26,23 +26,20 @@ def gaussian_mixture(x: np.ndarray, k: int, seed: int, inits: int = 10, reg_cova
     data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
     gen = torch.Generator().manual_seed(seed)
     labels = kmeans(data, k, inits, gen)  # (B, n)
-    resp = torch.nn.functional.one_hot(labels, k).double()
-    params = _m_step(data, resp, reg_covar)
+    params = list(_m_step(data, torch.nn.functional.one_hot(labels, k).double(), reg_covar))
     lower = torch.full((inits,), -math.inf, dtype=torch.float64)
-    done = torch.zeros(inits, dtype=torch.bool)
+    active = torch.arange(inits)  # restarts still iterating; each stops as it would alone
     for _ in range(max_iter):
-        norm, log_resp = _e_step(data, params)
-        fresh = _m_step(data, log_resp.exp(), reg_covar)
-        keep = done  # converged restarts stop changing, as each would alone
-        params = tuple(torch.where(keep.view(-1, *[1] * (old.dim() - 1)), old, new)
-                       for old, new in zip(params, fresh))
-        change = norm - lower
-        lower = torch.where(keep, lower, norm)
-        done = done | ((change.abs() < tol) & ~keep)
-        if bool(done.all()):
+        norm, log_resp = _e_step(data, [p[active] for p in params])
+        for p, fresh in zip(params, _m_step(data, log_resp.exp(), reg_covar)):
+            p[active] = fresh
+        change = norm - lower[active]
+        lower[active] = norm
+        active = active[~(change.abs() < tol)]
+        if not len(active):
             break
     best = int(torch.nan_to_num(lower, nan=-math.inf).argmax())
-    _, log_resp = _e_step(data, tuple(p[best : best + 1] for p in params))
+    _, log_resp = _e_step(data, [p[best : best + 1] for p in params])
     return log_resp[0].exp().numpy()
 
 
@@ -50,29 +47,30 @@ def kmeans(data: torch.Tensor, k: int, inits: int, gen: torch.Generator,
            max_iter: int = 300, tol: float = 1e-4) -> torch.Tensor:
     """(inits, n) labels of Lloyd's algorithm from `inits` k-means++ seedings."""
     tol = float(data.var(0, unbiased=False).mean()) * tol  # scikit-learn's scale-free tolerance
-    squares = (data * data).sum(1)
-    centers = _kmeans_plus_plus(data, squares, k, inits, gen)
+    centers = _kmeans_plus_plus(data, (data * data).sum(1), k, inits, gen)
+    active = torch.arange(inits)
     for _ in range(max_iter):
-        labels = _nearest(data, squares, centers)
-        members = torch.nn.functional.one_hot(labels, k).double()  # (B, n, k)
-        counts = members.sum(1)  # (B, k)
-        sums = members.transpose(1, 2) @ data  # (B, k, d)
+        old = centers[active]
+        members = torch.nn.functional.one_hot(_nearest(data, old), k).double()  # (A, n, k)
+        counts = members.sum(1)  # (A, k)
+        sums = members.transpose(1, 2) @ data  # (A, k, d)
         # An empty cluster keeps its centre rather than dividing by zero.
-        moved = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], centers)
-        shift = ((moved - centers) ** 2).sum((1, 2))
-        centers = moved
-        if bool((shift <= tol).all()):
+        moved = torch.where(counts[..., None] > 0, sums / counts.clamp_min(1)[..., None], old)
+        centers[active] = moved
+        active = active[((moved - old) ** 2).sum((1, 2)) > tol]
+        if not len(active):
             break
-    return _nearest(data, squares, centers)
+    return _nearest(data, centers)
 
 
-def _nearest(data, squares, centers) -> torch.Tensor:
-    return _distances(data, squares, centers).argmin(-1)
+def _nearest(data, centers) -> torch.Tensor:
+    """(B, n) index of each row's nearest centre (|x|² is the same for every centre)."""
+    return ((centers * centers).sum(-1)[:, None, :] - 2 * data @ centers.transpose(1, 2)).argmin(-1)
 
 
 def _distances(data, squares, centers) -> torch.Tensor:
     """(B, n, m) squared distances from every row to each restart's m centres."""
-    cross = torch.einsum("nd,bmd->bnm", data, centers)
+    cross = data @ centers.transpose(1, 2)
     return (squares[None, :, None] - 2 * cross + (centers * centers).sum(-1)[:, None, :]).clamp_min(0)
 
 
@@ -118,12 +116,15 @@ def _e_step(data, params):
     restarts, k, width = means.shape
     log_det = precision_chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (B, k)
     shifted = (means[..., None, :] @ precision_chol)[..., 0, :]  # (B, k, d)
+    # Every restart's and component's whitening in one matrix product per block of rows.
+    whiten = precision_chol.permute(2, 0, 1, 3).reshape(width, -1)  # (d, B*k*d)
     rows = max(1, BLOCK_ELEMENTS // (restarts * k * width))
     parts = []
     for block in data.split(rows):
-        y = torch.einsum("nd,bkde->bkne", block, precision_chol) - shifted[:, :, None, :]
-        parts.append(-0.5 * (width * math.log(2 * math.pi) + (y * y).sum(-1)).transpose(1, 2))
-    log_prob = torch.cat(parts, 1) + (log_det + weights.log())[:, None, :]  # (B, n, k)
+        y = (block @ whiten).view(len(block), restarts, k, width) - shifted
+        parts.append((y * y).sum(-1))  # (rows, B, k)
+    distance = torch.cat(parts).permute(1, 0, 2)  # (B, n, k)
+    log_prob = -0.5 * (width * math.log(2 * math.pi) + distance) + (log_det + weights.log())[:, None, :]
     norm = torch.logsumexp(log_prob, -1)
     return norm.mean(1), log_prob - norm[..., None]
 
