@@ -162,6 +162,22 @@ def test_cluster_weights_replace_the_posterior_in_the_conditional_prior():
     assert float(guided.conditional_prior) == pytest.approx(float(expected), rel=1e-9)
 
 
+@pytest.mark.parametrize("mc", [1, 3])
+def test_assignment_term_is_the_posterior_at_the_means_and_changes_no_other_term(mc):
+    """with_assignment runs β on w's draws and its mean together: the same terms as without,
+    and log p(z | x̄, w̄), the rule cluster_log_proba assigns rows by."""
+    net, _ = _tiny_net(mc=mc)
+    y = t(np.random.default_rng(6).normal(size=(5, 4)))
+    torch.manual_seed(2)
+    plain = net.elbo_terms(y)
+    torch.manual_seed(2)
+    both = net.elbo_terms(y, with_assignment=True)
+    for name in ("reconstruction", "conditional_prior", "w_prior", "z_prior"):
+        assert float(getattr(both, name)) == pytest.approx(float(getattr(plain, name)), rel=1e-12)
+    np.testing.assert_allclose(both.assignment_log_proba.detach().numpy(),
+                               net.cluster_log_proba(y).numpy(), rtol=1e-12)
+
+
 def test_deterministic_assignment_uses_posterior_means():
     net, _ = _tiny_net()
     y = t(np.random.default_rng(5).normal(size=(6, 4)))

@@ -250,3 +250,22 @@ def test_rows_outside_the_sample_take_their_nearest_sample_rows_clusters(monkeyp
     x, s = view(rows, CPU).numpy(), view(sample, CPU).numpy()
     nearest = np.argsort(((x[:, None, :] - s[None, :, :]) ** 2).sum(-1), axis=1)[:, :5]
     np.testing.assert_allclose(placed.numpy(), resp.numpy()[nearest].mean(1), rtol=1e-6)
+
+
+def test_restart_seeds_share_embeddings_and_mixtures_with_the_same_results():
+    """select-k's restart seeds 0 and 1 both need seed 1's embedding and mixtures: with a
+    memo the second builds only seed 2's, and finds what it finds without one."""
+    frame, _ = make_blobs_frame(n_rows=300, n_features=3, k=3, seed=2, spread=1.5)
+    data = torch.tensor(((frame - frame.mean()) / frame.std()).to_numpy(), dtype=torch.float32)
+    net = GMVAENet(ModelConfig(input_dim=3, k=3, hidden=(8,)))
+    settings = dataclasses.replace(SMALL, stability_margin=-1.0)  # the graph is always built
+    memo: dict = {}
+    for seed in (0, 1):
+        timings: dict = {}
+        shared = warm_start.spaces([net], data, seed, CPU, timings, settings, memo=memo)
+        resp, _, _ = warm_start.pseudo_clusters(net, data, shared, seed, CPU, timings, settings)
+        alone = warm_start.spaces([net], data, seed, CPU, {}, settings)
+        fresh, _, _ = warm_start.pseudo_clusters(net, data, alone, seed, CPU, {}, settings)
+        assert torch.equal(resp, fresh)
+    assert sorted(key for key in memo if key[0] == "embedding") == [("embedding", s) for s in (0, 1, 2)]
+    assert len([key for key in memo if key[0] != "embedding"]) == 6  # 2 ways × seeds 0-2

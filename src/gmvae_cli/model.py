@@ -231,7 +231,12 @@ class GMVAENet(nn.Module):
         x_mu, x_logvar, w_mu, w_logvar = self.encoder(y)
         x = reparameterise(x_mu, x_logvar, m)  # (M, B, x_dim)
         w = reparameterise(w_mu, w_logvar, m)  # (M, B, w_dim)
-        means, logvars = self.prior(w)  # (M, B, K, x_dim)
+        if with_assignment:  # the prior at w's mean too, in the same pass of β
+            means, logvars = self.prior(torch.cat([w, w_mu.unsqueeze(0)]))  # (M+1, B, K, x_dim)
+            at_mean = means[m], logvars[m]
+            means, logvars = means[:m], logvars[:m]
+        else:
+            means, logvars = self.prior(w)  # (M, B, K, x_dim)
         log_pz = log_cluster_posterior(x, means, logvars)  # (M, B, K)
 
         # Reconstruction: Monte Carlo over the M draws of x.
@@ -247,7 +252,7 @@ class GMVAENet(nn.Module):
         z_kl = z_prior_kl(log_pz).mean(0).mean()
         assignment = None
         if with_assignment:
-            assignment = log_cluster_posterior(x_mu, *self.prior(w_mu))  # (B, K)
+            assignment = log_cluster_posterior(x_mu, *at_mean)  # (B, K)
         return ELBOTerms(
             reconstruction=reconstruction.mean(),
             conditional_prior=conditional_prior.mean(),

@@ -163,8 +163,10 @@ class DefaultRecipe(Recipe):
         sample, numbers = data.sample(self.warm.sample_rows, seed)
         timings["sample"] = timings.get("sample", 0.0) + time.perf_counter() - timed
         shared = self.shared.get(seed) if self.shared is not None else None
+        covers = len(sample) == data.rows  # every row in the sample: no placing needed
         if shared is None:
-            shared = self._pretrained(net, sample, seed, batch_size, device, report, save, timings)
+            shared = self._pretrained(net, sample, covers, seed, batch_size, device, report,
+                                      save, timings)
         else:  # the autoencoders' work does not depend on K: another K of select-k did it
             net.encoder.load_state_dict(shared["encoder"])
             net.decoder.load_state_dict(shared["decoder"])
@@ -172,15 +174,17 @@ class DefaultRecipe(Recipe):
         resp, view, self.found = warm_start.pseudo_clusters(
             net, sample, shared["spaces"], seed, device, timings, self.warm)
         report("pseudo-clusters", 1.0)
-        covers = len(sample) == data.rows  # every row in the sample: no placing needed
         self.placer = {
             "numbers": numbers, "resp": resp, "covers": covers,
             "view": None if covers else view.to_state(),
             "sample_view": None if covers else view(sample, device),
         }
 
-    def _pretrained(self, net, sample, seed, batch_size, device, report, save, timings) -> dict:
-        """Pretrain the autoencoders and build the spaces the pseudo-clusters are found in."""
+    def _pretrained(self, net, sample, covers, seed, batch_size, device, report, save,
+                    timings) -> dict:
+        """Pretrain the autoencoders and build the spaces the pseudo-clusters are found in.
+        Under select-k, restart seeds that see every row share what depends on the rows and a
+        seed only (warm_start.Spaces.memo), kept in `shared` beside the per-seed entries."""
         helpers = []
         for i in range(warm_start.autoencoders(sample, self.warm) - 1):
             # Same shape, each its own initialisation, drawn aside: the global random state
@@ -198,8 +202,10 @@ class DefaultRecipe(Recipe):
                             checkpoint, self.pretraining)
         timings["pretrain"] = timings.get("pretrain", 0.0) + time.perf_counter() - timed
         shared = {"encoder": net.encoder.state_dict(), "decoder": net.decoder.state_dict(),
-                  "spaces": warm_start.spaces([net, *helpers], sample, seed, device, timings,
-                                              self.warm)}
+                  "spaces": warm_start.spaces(
+                      [net, *helpers], sample, seed, device, timings, self.warm,
+                      memo=self.shared.setdefault("memo", {}) if self.shared is not None and covers
+                      else None)}
         if self.shared is not None:
             self.shared[seed] = {name: _copied(part) for name, part in shared.items()}
         return shared

@@ -227,24 +227,48 @@ class Spaces:
     settings: WarmStartSettings
     on_codes: bool = False  # the graph is built on autoencoder codes (uses_codes)
     embeddings: list[np.ndarray] | None = None
+    # Results that depend only on the rows and a seed, kept across restart seeds (select-k's
+    # restart seed s uses seeds s and s + 1, its next restart s + 1 and s + 2); None: unshared.
+    memo: dict | None = None
 
     def graph(self, timings: dict[str, float]) -> list[np.ndarray]:
         """The neighbour-graph embedding, per seed (empty for tiny samples)."""
         if self.graph_input is None:
             return []
         if self.embeddings is None:
-            timed = time.perf_counter()
-            graph = torch.from_numpy(self.graph_input.astype(np.float32))
-            knn = neighbour_embedding.exact_knn(
-                graph, min(self.settings.embed_neighbours, len(graph) - 1))
-            _add(timings, "neighbours", timed)
-            self.embeddings = [_embedding(self.graph_input, knn, s, self.settings, timings)
-                               for s in self.seeds]
+            memo = self.memo if self._shares("graph") else {}
+            missing = [s for s in self.seeds if ("embedding", s) not in memo]
+            if missing:
+                timed = time.perf_counter()
+                graph = torch.from_numpy(self.graph_input.astype(np.float32))
+                knn = neighbour_embedding.exact_knn(
+                    graph, min(self.settings.embed_neighbours, len(graph) - 1))
+                _add(timings, "neighbours", timed)
+                for s in missing:
+                    memo["embedding", s] = _embedding(self.graph_input, knn, s, self.settings,
+                                                      timings)
+            self.embeddings = [memo["embedding", s] for s in self.seeds]
         return self.embeddings
+
+    def runs(self, way: str, k: int, timings: dict[str, float]) -> list[np.ndarray]:
+        """One way's mixture responsibilities for each of the two seeds."""
+        memo = self.memo if self._shares(way) else {}
+        spaces = self.columns if way == "columns" else self.graph(timings)
+        for space, s in zip(spaces, self.seeds):
+            if (way, k, s) not in memo:
+                memo[way, k, s] = _mixture(space, k, s, self.settings, timings)
+        return [memo[way, k, s] for s in self.seeds]
+
+    def _shares(self, way: str) -> bool:
+        """The columns' spaces depend on the rows and a seed only; a graph of autoencoder
+        codes also on the restart's autoencoders."""
+        return self.memo is not None and (way == "columns" or not self.on_codes)
 
 
 def spaces(nets: list[GMVAENet], sample: torch.Tensor, seed: int, device: torch.device,
-           timings: dict[str, float], settings: WarmStartSettings = DEFAULT_SETTINGS) -> Spaces:
+           timings: dict[str, float], settings: WarmStartSettings = DEFAULT_SETTINGS,
+           memo: dict | None = None) -> Spaces:
+    """`memo`: a dict kept across restart seeds that see the very same sample rows."""
     inputs = View.of(None, sample, device)
     columns = inputs(sample, device).numpy().astype(np.float64)  # standardised
     codes = uses_codes(sample, settings)
@@ -257,7 +281,7 @@ def spaces(nets: list[GMVAENet], sample: torch.Tensor, seed: int, device: torch.
     if len(sample) >= settings.embed_min_rows:
         graph_input = _pca(graph_view(sample, device).numpy() if codes else columns,
                            settings.graph_max_dims)
-    return Spaces(found, inputs, graph_view, graph_input, seeds, settings, codes)
+    return Spaces(found, inputs, graph_view, graph_input, seeds, settings, codes, memo=memo)
 
 
 def pseudo_clusters(
@@ -272,14 +296,12 @@ def pseudo_clusters(
     """(n, K) pseudo-responsibilities of the sample rows, the view that places other rows
     among them, and what was measured to choose them (module doc); the GMVAE's prior
     network is initialised to the clusters."""
-    k, seeds = net.cfg.k, [seed, seed + 1]
-    candidates = [_candidate("columns", [_mixture(space, k, s, settings, timings)
-                                         for space, s in zip(found.columns, seeds)])]
+    k = net.cfg.k
+    candidates = [_candidate("columns", found.runs("columns", k, timings))]
     floor = settings.codes_graph_floor if found.on_codes else None
     if (found.graph_input is not None and len(sample) >= 3 * k
             and graph_can_win(candidates[0], settings.stability_margin, floor)):
-        candidates.append(_candidate("graph", [_mixture(space, k, s, settings, timings)
-                                               for space, s in zip(found.graph(timings), seeds)]))
+        candidates.append(_candidate("graph", found.runs("graph", k, timings)))
     chosen = choose(candidates, settings.stability_margin, floor)
     resp = torch.from_numpy(chosen.runs[0]).float()
     init_prior(net, encode_means(net, sample, device), resp, settings)
