@@ -373,6 +373,8 @@ def run_gmvae(table: Table, seed: int) -> dict:
     result.update(pseudo_scores(payload, labels, ~np.isnan(clusters)))
     if payload.get("timings") is not None:
         result["timings"] = {k: float(v) for k, v in payload["timings"].items()}
+    if payload.get("warm_start"):  # which way found the pseudo-clusters, and how stable each was
+        result["warm_start"] = payload["warm_start"]
     return result
 
 
@@ -516,7 +518,7 @@ def markdown(report: dict) -> str:
          "checkpoint (`pseudo_labels`; – where the checkpoint does not hold them). Baselines "
          "see the table as a user prepares it for scikit-learn: id and label dropped, missing "
          "values filled with the column mean, numeric columns standardised, string columns "
-         "one-hot (0/1; only `categorical` has them, and `gmvae train` skips string columns). "
+         "one-hot (0/1; only `categorical` has them, and `gmvae train` one-hot encodes them itself). "
          f"k-means: n_init=10. GMM: full covariance, n_init={GMM_INITS}, after PCA to "
          f"{PCA_DIMS} dimensions where the prepared table is wider than {PCA_ABOVE} columns "
          "(digits). UMAP + GMM: UMAP (n_components=5, n_neighbors=20, min_dist=0, "
@@ -533,7 +535,31 @@ def markdown(report: dict) -> str:
                      f"{t['k']} | {t['made']} |")
     lines += ["", "**Adjusted Rand index**", "", *score_table(report, "ari", True)]
     lines += ["", "**Hungarian accuracy**", "", *score_table(report, "accuracy", False)]
+    lines += ["", *warm_start_table(report)]
     return "\n".join(lines) + "\n"
+
+
+def warm_start_table(report: dict) -> list[str]:
+    """Per table and seed, the way the warm start kept and each way's stability (the ARI
+    between its two runs; – where the graph was not built because it could not win)."""
+    lines = [("**The warm start's choice** (per seed: the way kept, then the stability of "
+             "columns / graph; – : the graph was not built, the columns' runs agreeing)"), "",
+             "| data | " + " | ".join(f"seed {s}" for s in report["seeds"]) + " |",
+             "|---" * (len(report["seeds"]) + 1) + "|"]
+    for t in report["tables"]:
+        cells = []
+        for seed in report["seeds"]:
+            run = next((r for r in report["runs"] if r["data"] == t["name"]
+                        and r["method"] == "gmvae" and r["seed"] == seed), {})
+            found = run.get("warm_start")
+            if not found:
+                cells.append("–")
+                continue
+            stability = found.get("stability", {})
+            cells.append(f"{found['chosen']} ({stability.get('columns', float('nan')):.2f} / "
+                         + (f"{stability['graph']:.2f})" if "graph" in stability else "–)"))
+        lines.append(f"| {t['name']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
