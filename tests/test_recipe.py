@@ -181,7 +181,7 @@ def test_blobs_are_clustered_on_their_columns():
     net = GMVAENet(ModelConfig(input_dim=4, k=3, hidden=(16,)))
     timings: dict = {}
     spaces = warm_start.spaces([net], data, 0, CPU, timings, SMALL)
-    resp, _, found = warm_start.pseudo_clusters(net, data, spaces, 0, CPU, timings, SMALL)
+    resp, _, found = warm_start.pseudo_clusters(net, data, spaces, CPU, timings, SMALL)
     assert found["chosen"] == "columns" and found["stability"] == {"columns": 1.0}
     assert ari(labels, resp.argmax(1).numpy()) >= 0.99
     assert set(timings) == {"columns", "mixture"} and spaces.embeddings is None
@@ -263,9 +263,9 @@ def test_restart_seeds_share_embeddings_and_mixtures_with_the_same_results():
     for seed in (0, 1):
         timings: dict = {}
         shared = warm_start.spaces([net], data, seed, CPU, timings, settings, memo=memo)
-        resp, _, _ = warm_start.pseudo_clusters(net, data, shared, seed, CPU, timings, settings)
+        resp, _, _ = warm_start.pseudo_clusters(net, data, shared, CPU, timings, settings)
         alone = warm_start.spaces([net], data, seed, CPU, {}, settings)
-        fresh, _, _ = warm_start.pseudo_clusters(net, data, alone, seed, CPU, {}, settings)
+        fresh, _, _ = warm_start.pseudo_clusters(net, data, alone, CPU, {}, settings)
         assert torch.equal(resp, fresh)
     assert sorted(key for key in memo if key[0] == "embedding") == [("embedding", s) for s in (0, 1, 2)]
     assert len([key for key in memo if key[0] != "embedding"]) == 6  # 2 ways × seeds 0-2

@@ -172,7 +172,7 @@ class DefaultRecipe(Recipe):
             net.decoder.load_state_dict(shared["decoder"])
         report("pseudo-clusters", 0.0)
         resp, view, self.found = warm_start.pseudo_clusters(
-            net, sample, shared["spaces"], seed, device, timings, self.warm)
+            net, sample, shared["spaces"], device, timings, self.warm)
         report("pseudo-clusters", 1.0)
         self.placer = {
             "numbers": numbers, "resp": resp, "covers": covers,

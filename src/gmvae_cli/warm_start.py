@@ -288,7 +288,6 @@ def pseudo_clusters(
     net: GMVAENet,
     sample: torch.Tensor,
     found: Spaces,
-    seed: int,
     device: torch.device,
     timings: dict[str, float],
     settings: WarmStartSettings = DEFAULT_SETTINGS,
