@@ -397,3 +397,22 @@ def test_hidden_auto_is_resolved_and_stored(tmp_path, blobs):
     args = [a for a in FAST_TRAIN if a not in ("--hidden", "32,32")]
     assert run_cli("train", data, "--k", 5, "-o", tmp_path / "m.pt", *args).exit_code == 0
     assert checkpoint.load(str(tmp_path / "m.pt"))["config"]["hidden"] == [128, 128]  # 16 columns
+
+
+def test_console_script_skips_teardown_but_keeps_exit_codes_output_and_exit_handlers(tmp_path):
+    """main() leaves with os._exit (no ~0.5 s interpreter teardown): the exit status, what
+    was printed and the exit handlers libraries registered all survive."""
+    probe = ("import atexit, sys\n"
+             "atexit.register(lambda: print('handler ran', file=sys.stderr))\n"
+             "from gmvae_cli.cli import main\n"
+             "sys.argv = ['gmvae', *sys.argv[1:]]\n"
+             "main()\n"
+             "print('not reached')\n")
+    ok = subprocess.run([sys.executable, "-c", probe, "--help"], capture_output=True, text=True,
+                        cwd=tmp_path, timeout=60, check=False)
+    assert ok.returncode == 0 and "Usage" in ok.stdout and "not reached" not in ok.stdout
+    assert ok.stderr.endswith("handler ran\n")
+    bad = subprocess.run([sys.executable, "-c", probe, "train", "missing.csv", "--k", "2"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=60, check=False)
+    assert bad.returncode == 2
+    assert bad.stderr == "error: missing.csv: no such file; check the path\nhandler ran\n"

@@ -201,11 +201,10 @@ class DefaultRecipe(Recipe):
         warm_start.pretrain([net, *helpers], sample, self.warm, batch_size, device, seed, report,
                             checkpoint, self.pretraining)
         timings["pretrain"] = timings.get("pretrain", 0.0) + time.perf_counter() - timed
+        memo = self.shared.setdefault("memo", {}) if self.shared is not None and covers else None
         shared = {"encoder": net.encoder.state_dict(), "decoder": net.decoder.state_dict(),
-                  "spaces": warm_start.spaces(
-                      [net, *helpers], sample, seed, device, timings, self.warm,
-                      memo=self.shared.setdefault("memo", {}) if self.shared is not None and covers
-                      else None)}
+                  "spaces": warm_start.spaces([net, *helpers], sample, seed, device, timings,
+                                              self.warm, memo=memo)}
         if self.shared is not None:
             self.shared[seed] = {name: _copied(part) for name, part in shared.items()}
         return shared
