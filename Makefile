@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-quick bench-tables bench-speed bench-scale bench-outliers describe-mnist lint clean
+.PHONY: demo test bench bench-quick bench-tables bench-speed bench-scale bench-gpu bench-outliers describe-mnist lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -53,6 +53,11 @@ describe-mnist: $(STAMP)
 # Wall time of whole commands against their targets (docs/speed.md).
 bench-speed: $(STAMP)
 	$(BIN)/python -m benchmarks.speed
+
+# --device cuda end to end (MNIST twice with one seed: time, accuracy, bit-identical weights;
+# a small table): needs a CUDA GPU; bench-results/gpu.json, docs/scaling.md.
+bench-gpu: $(STAMP)
+	$(BIN)/python -m benchmarks.gpu
 
 # Throughput on a 10M-row table (generated once into bench-cache/), then the default recipe
 # on 100k-2M rows and MNIST in memory, streamed and on 2 processes: see docs/scaling.md.

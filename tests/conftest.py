@@ -5,6 +5,8 @@ Tests keep networks tiny (hidden 32,32) and epochs few so `make test` stays fast
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +15,13 @@ from hypothesis import settings
 from typer.testing import CliRunner
 
 from gmvae_cli.cli import app
+
+# The suite asserts the CPU's behaviour (exact values, the same answer from any batch size),
+# which GPU kernels do not promise; it runs on the CPU wherever it runs. test_devices.py
+# checks a GPU, where there is one, in subprocesses that see it.
+# The value before hiding survives into xdist's workers, which inherit the hidden one.
+os.environ.setdefault("GMVAE_TESTS_VISIBLE_GPUS", os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
 torch.set_num_threads(1)  # small nets: threads only add overhead, and tests run two at a time
 

@@ -8,23 +8,42 @@ import numpy as np
 import torch
 
 from gmvae_cli.errors import UserError
+from gmvae_cli.ranks import context
 from gmvae_cli.settings import check_device
 
 
 def resolve(name: str) -> torch.device:
-    """auto: CUDA, then MPS, then the CPU; a named device must exist."""
+    """auto: CUDA, then MPS, then the CPU; a named device must exist. Under torchrun each
+    process needs a GPU of its own (nccl refuses two ranks on one GPU), so auto takes CUDA
+    only where the node has a GPU for every process."""
     check_device(name)
+    gpus_short = gpus_for_processes()
     if name == "auto":
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and not gpus_short:
             return torch.device("cuda")
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+    if name == "cuda" and gpus_short:
+        raise UserError(gpus_short)
     if name == "mps" and not torch.backends.mps.is_available():
         raise UserError("--device mps was asked for but MPS is not available; use --device cpu")
     return torch.device(name)
+
+
+def gpus_for_processes() -> str:
+    """Why this node lacks a GPU per torchrun process, or "" (enough, or no torchrun)."""
+    ctx = context()
+    if not ctx.active or not torch.cuda.is_available():
+        return ""
+    visible = torch.cuda.device_count()
+    if visible >= ctx.local_world:
+        return ""
+    return (f"--device cuda needs one GPU per process: torchrun started {ctx.local_world} on "
+            f"this node and {visible} GPU(s) are visible; use --nproc-per-node {visible} "
+            "or --device cpu")
 
 
 def of(net: torch.nn.Module) -> torch.device:

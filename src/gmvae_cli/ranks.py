@@ -12,6 +12,7 @@ class Context:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    local_world: int = 1  # processes on this node
 
     @property
     def active(self) -> bool:
@@ -28,7 +29,8 @@ def context() -> Context:
     if "WORLD_SIZE" not in env or "RANK" not in env:
         return Context()
     rank, world, local = int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    return Context(rank=rank, world=world, local_rank=local)
+    return Context(rank=rank, world=world, local_rank=local,
+                   local_world=int(env.get("LOCAL_WORLD_SIZE", world)))
 
 
 def is_main() -> bool:
