@@ -540,10 +540,12 @@ def markdown(report: dict) -> str:
 
 
 def warm_start_table(report: dict) -> list[str]:
-    """Per table and seed, the way the warm start kept and each way's stability (the ARI
-    between its two runs; – where the graph was not built because it could not win)."""
-    lines = [("**The warm start's choice** (per seed: the way kept, then the stability of "
-             "columns / graph; – : the graph was not built, the columns' runs agreeing)"), "",
+    """Per table and seed, the way the warm start kept (with the columns' covariance type
+    where they were kept) and each way's stability (the ARI between its two runs; – where
+    the graph was not built because it could not win)."""
+    lines = [("**The warm start's choice** (per seed: the way kept, the columns' covariance "
+              "type where they were kept, then the stability of columns / graph; – : the graph "
+              "was not built, the columns' runs agreeing)"), "",
              "| data | " + " | ".join(f"seed {s}" for s in report["seeds"]) + " |",
              "|---" * (len(report["seeds"]) + 1) + "|"]
     for t in report["tables"]:
@@ -556,7 +558,10 @@ def warm_start_table(report: dict) -> list[str]:
                 cells.append("–")
                 continue
             stability = found.get("stability", {})
-            cells.append(f"{found['chosen']} ({stability.get('columns', float('nan')):.2f} / "
+            way = found["chosen"]
+            if way == "columns" and "covariance" in found:
+                way += f" {found['covariance']}"
+            cells.append(f"{way} ({stability.get('columns', float('nan')):.2f} / "
                          + (f"{stability['graph']:.2f})" if "graph" in stability else "–)"))
         lines.append(f"| {t['name']} | " + " | ".join(cells) + " |")
     return lines

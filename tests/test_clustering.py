@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.cluster import KMeans
-from sklearn.datasets import load_iris, make_blobs
+from sklearn.datasets import load_iris, load_wine, make_blobs
 from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
@@ -84,3 +84,50 @@ def test_pca_spans_scikit_learns_components():
     theirs = PCA(3).fit_transform(x)
     for j in range(3):  # each component up to its sign
         assert abs(np.corrcoef(ours[:, j], theirs[:, j])[0, 1]) == pytest.approx(1.0, abs=1e-9)
+
+
+def full_precision_cholesky(gmm: GaussianMixture, width: int) -> np.ndarray:
+    """scikit-learn's precision Cholesky factors of any covariance type as (k, d, d) matrices."""
+    factor, k = gmm.precisions_cholesky_, gmm.n_components
+    return {"full": lambda: factor,
+            "tied": lambda: np.broadcast_to(factor, (k, width, width)),
+            "diag": lambda: np.stack([np.diag(row) for row in factor]),
+            "spherical": lambda: np.stack([value * np.eye(width) for value in factor])}[
+        gmm.covariance_type]()
+
+
+@pytest.mark.parametrize("covariance", clustering.COVARIANCES)
+def test_each_covariance_types_m_step_equals_scikit_learn(covariance):
+    x = StandardScaler().fit_transform(load_iris().data)
+    resp = np.random.default_rng(2).dirichlet(np.ones(3), len(x))
+    gmm = GaussianMixture(3, covariance_type=covariance, reg_covar=1e-4)
+    gmm._initialize(x, resp)
+    weights, means, precision_chol = clustering._m_step(
+        torch.from_numpy(x), torch.from_numpy(resp)[None], 1e-4, covariance)
+    np.testing.assert_allclose(weights[0].numpy(), gmm.weights_, atol=1e-12)
+    np.testing.assert_allclose(means[0].numpy(), gmm.means_, atol=1e-12)
+    np.testing.assert_allclose(precision_chol[0].numpy(), full_precision_cholesky(gmm, 4), atol=1e-8)
+    assert clustering.parameters(covariance, 3, 4) == gmm._n_parameters()
+
+
+@pytest.mark.parametrize("covariance", clustering.COVARIANCES)
+def test_each_covariance_type_finds_scikit_learns_partition(covariance):
+    x = make_blobs(900, 5, centers=4, cluster_std=[1.0, 1.5, 0.7, 1.2], random_state=5)[0]
+    ours = clustering.gaussian_mixture(x, 4, 0, covariance=covariance)
+    theirs = GaussianMixture(4, covariance_type=covariance, n_init=10, reg_covar=1e-4,
+                             random_state=0).fit(x).predict(x)
+    assert adjusted_rand_score(theirs, ours.argmax(1)) == 1.0
+
+
+def test_bic_chooses_the_covariance_type_scikit_learns_bic_ranks_first():
+    """Iris (150 rows, 4 columns) has room for a full covariance per cluster; wine (178 rows,
+    13 columns) has not, and BIC takes axis-aligned ones."""
+    for x, expected in ((load_iris().data, "full"), (load_wine().data, "diag")):
+        x = StandardScaler().fit_transform(x)
+        bic = {c: GaussianMixture(3, covariance_type=c, n_init=10, reg_covar=1e-4,
+                                  random_state=0).fit(x).bic(x) for c in clustering.COVARIANCES}
+        assert min(bic, key=bic.get) == expected
+        found = clustering.mixture_by_bic(x, 3, 0)
+        assert found.covariance == expected
+        np.testing.assert_array_equal(found.resp,
+                                      clustering.gaussian_mixture(x, 3, 0, covariance=expected))

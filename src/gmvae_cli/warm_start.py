@@ -48,6 +48,11 @@ class WarmStartSettings:
     embed_min_rows: int = 100  # below this a neighbour graph is too thin to cluster on
     gmm_inits: int = 10  # k-means-initialised restarts, best likelihood kept (unsupervised);
     # single fits often split one digit and merge two (0.81 vs 0.94 on MNIST)
+    # The columns' mixture takes the covariance type of lowest BIC (clustering.mixture_by_bic):
+    # a full covariance per cluster overfits a table of few rows per column (wine, 178 × 13,
+    # gets axis-aligned ones) and a shared one suits clusters of one shape. The graph's
+    # embedding keeps full covariances, as N2D fits them there.
+    columns_covariances: tuple[str, ...] = clustering.COVARIANCES
     columns_max_dims: int = 10  # the columns' mixture runs on PCA to this many dims past
     columns_pca_above: int = 30  # this many columns (a full covariance needs rows per dim)
     graph_max_dims: int = 50  # the neighbour graph of a wider table is built on PCA to this
@@ -211,6 +216,7 @@ class Candidate:
     name: str
     runs: list[np.ndarray]  # (n, K) responsibilities of each run
     stability: float  # adjusted Rand index between the runs' hard clusters
+    covariance: str = "full"  # the first run's covariance type
 
 
 @dataclass
@@ -250,13 +256,14 @@ class Spaces:
             self.embeddings = [memo["embedding", s] for s in self.seeds]
         return self.embeddings
 
-    def runs(self, way: str, k: int, timings: dict[str, float]) -> list[np.ndarray]:
-        """One way's mixture responsibilities for each of the two seeds."""
+    def runs(self, way: str, k: int, timings: dict[str, float]) -> list[clustering.Mixture]:
+        """One way's mixture for each of the two seeds."""
         memo = self.memo if self._shares(way) else {}
         spaces = self.columns if way == "columns" else self.graph(timings)
+        covariances = self.settings.columns_covariances if way == "columns" else ("full",)
         for space, s in zip(spaces, self.seeds):
             if (way, k, s) not in memo:
-                memo[way, k, s] = _mixture(space, k, s, self.settings, timings)
+                memo[way, k, s] = _mixture(space, k, s, self.settings, timings, covariances)
         return [memo[way, k, s] for s in self.seeds]
 
     def _shares(self, way: str) -> bool:
@@ -305,7 +312,7 @@ def pseudo_clusters(
     resp = torch.from_numpy(chosen.runs[0]).float()
     init_prior(net, encode_means(net, sample, device), resp, settings)
     view = found.graph_view if chosen.name == "graph" else found.columns_view
-    return resp, view, {"chosen": chosen.name,
+    return resp, view, {"chosen": chosen.name, "covariance": chosen.covariance,
                         "stability": {c.name: c.stability for c in candidates}}
 
 
@@ -328,9 +335,10 @@ def graph_can_win(columns: Candidate, margin: float, graph_floor: float | None) 
     return graph_floor is not None or columns.stability < 1.0 - margin
 
 
-def _candidate(name: str, runs: list[np.ndarray]) -> Candidate:
-    labels = [r.argmax(1) for r in runs]
-    return Candidate(name, runs, clustering.adjusted_rand(labels[0], labels[1]))
+def _candidate(name: str, runs: list[clustering.Mixture]) -> Candidate:
+    labels = [r.resp.argmax(1) for r in runs]
+    return Candidate(name, [r.resp for r in runs], clustering.adjusted_rand(labels[0], labels[1]),
+                     runs[0].covariance)
 
 
 def _columns_space(columns: np.ndarray, seed: int, settings: WarmStartSettings) -> np.ndarray:
@@ -373,12 +381,13 @@ def _embedding(graph: np.ndarray, knn, seed: int, settings: WarmStartSettings,
 
 
 def _mixture(space: np.ndarray, k: int, seed: int, settings: WarmStartSettings,
-             timings: dict[str, float]) -> np.ndarray:
-    """A full-covariance GMM's responsibilities, best of settings.gmm_inits k-means starts."""
+             timings: dict[str, float], covariances: tuple[str, ...] = ("full",)) -> clustering.Mixture:
+    """A GMM, best of settings.gmm_inits k-means starts, of the covariance type (among
+    `covariances`) of lowest BIC."""
     timed = time.perf_counter()
-    resp = clustering.gaussian_mixture(space, k, seed, inits=settings.gmm_inits)
+    found = clustering.mixture_by_bic(space, k, seed, settings.gmm_inits, covariances)
     _add(timings, "mixture", timed)
-    return resp
+    return found
 
 
 def _add(timings: dict[str, float], name: str, since: float) -> None:
