@@ -16,10 +16,6 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-# Largest (restarts × K × rows × dims) block of float64 held at once by the E-step (~256 MB).
-BLOCK_ELEMENTS = 2**25
-
-
 # scikit-learn's covariance types: one matrix per component, one shared by all, axis-aligned
 # variances per component, one variance per component.
 COVARIANCES = ("full", "tied", "diag", "spherical")
@@ -74,14 +70,14 @@ def _em(data: torch.Tensor, k: int, labels: torch.Tensor, covariance: str,
         reg_covar: float = 1e-4, tol: float = 1e-3, max_iter: int = 100) -> tuple[np.ndarray, float]:
     """EM from each restart's k-means labels (B, n); the best restart's (n, k)
     responsibilities and mean log-likelihood."""
-    inits = len(labels)
+    inits, outer = len(labels), _outer(data)
     params = list(_m_step(data, torch.nn.functional.one_hot(labels, k).double(), reg_covar,
-                          covariance))
+                          covariance, outer))
     lower = torch.full((inits,), -math.inf, dtype=torch.float64)
     active = torch.arange(inits)  # restarts still iterating; each stops as it would alone
     for _ in range(max_iter):
-        norm, log_resp = _e_step(data, [p[active] for p in params])
-        for p, fresh in zip(params, _m_step(data, log_resp.exp(), reg_covar, covariance)):
+        norm, log_resp = _e_step(data, [p[active] for p in params], outer)
+        for p, fresh in zip(params, _m_step(data, log_resp.exp(), reg_covar, covariance, outer)):
             p[active] = fresh
         change = norm - lower[active]
         lower[active] = norm
@@ -89,7 +85,7 @@ def _em(data: torch.Tensor, k: int, labels: torch.Tensor, covariance: str,
         if not len(active):
             break
     best = int(torch.nan_to_num(lower, nan=-math.inf).argmax())
-    norm, log_resp = _e_step(data, [p[best : best + 1] for p in params])
+    norm, log_resp = _e_step(data, [p[best : best + 1] for p in params], outer)
     return log_resp[0].exp().numpy(), float(norm[0])
 
 
@@ -143,13 +139,13 @@ def _kmeans_plus_plus(data, squares, k, inits, gen) -> torch.Tensor:
     return torch.stack(centers, 1)  # (B, k, d)
 
 
-def _m_step(data, resp, reg_covar, covariance="full"):
+def _m_step(data, resp, reg_covar, covariance="full", outer=None):
     """Weights, means and precision Cholesky factors of each restart's mixture (B, k, …);
     every covariance type is held as a full matrix per component."""
     counts = resp.sum(1) + 10 * torch.finfo(torch.float64).eps  # (B, k)
     means = resp.transpose(1, 2) @ data / counts[..., None]  # (B, k, d)
     width = data.shape[1]
-    outer = (data[:, :, None] * data[:, None, :]).reshape(len(data), -1)  # (n, d*d)
+    outer = _outer(data) if outer is None else outer
     second = (resp.transpose(1, 2) @ outer).reshape(*counts.shape, width, width) / counts[..., None, None]
     cov = second - means[..., :, None] * means[..., None, :]
     cov = cov + reg_covar * torch.eye(width, dtype=torch.float64)
@@ -169,23 +165,28 @@ def _m_step(data, resp, reg_covar, covariance="full"):
     return counts / len(data), means, precision_chol
 
 
-def _e_step(data, params):
+def _e_step(data, params, outer=None):
     """Each restart's mean log-likelihood (B,) and log responsibilities (B, n, k)."""
     weights, means, precision_chol = params
     restarts, k, width = means.shape
     log_det = precision_chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (B, k)
-    shifted = (means[..., None, :] @ precision_chol)[..., 0, :]  # (B, k, d)
-    # Every restart's and component's whitening in one matrix product per block of rows.
-    whiten = precision_chol.permute(2, 0, 1, 3).reshape(width, -1)  # (d, B*k*d)
-    rows = max(1, BLOCK_ELEMENTS // (restarts * k * width))
-    parts = []
-    for block in data.split(rows):
-        y = (block @ whiten).view(len(block), restarts, k, width) - shifted
-        parts.append((y * y).sum(-1))  # (rows, B, k)
-    distance = torch.cat(parts).permute(1, 0, 2)  # (B, n, k)
+    # Mahalanobis distances as x'Px - 2 x'(P mu) + mu'P mu: one product of the rows' outer
+    # products with every restart's and component's precision, no (n, B, k, d) temporary.
+    precision = precision_chol @ precision_chol.transpose(-1, -2)  # (B, k, d, d)
+    pulled = (precision @ means[..., None])[..., 0]  # (B, k, d)
+    outer = _outer(data) if outer is None else outer
+    distance = (outer @ precision.reshape(-1, width * width).T
+                - 2 * data @ pulled.reshape(-1, width).T
+                + (means * pulled).sum(-1).reshape(-1))  # (n, B*k)
+    distance = distance.view(len(data), restarts, k).permute(1, 0, 2)  # (B, n, k)
     log_prob = -0.5 * (width * math.log(2 * math.pi) + distance) + (log_det + weights.log())[:, None, :]
     norm = torch.logsumexp(log_prob, -1)
     return norm.mean(1), log_prob - norm[..., None]
+
+
+def _outer(data: torch.Tensor) -> torch.Tensor:
+    """(n, d*d) each row's outer product with itself, flattened."""
+    return (data[:, :, None] * data[:, None, :]).reshape(len(data), -1)
 
 
 def pca(values: np.ndarray, dims: int) -> np.ndarray:
