@@ -11,7 +11,7 @@ from sklearn.metrics import adjusted_rand_score
 
 from conftest import make_blobs_frame, run_cli
 from gmvae_cli import neighbour_embedding, recipe, settings, warm_start
-from gmvae_cli.model import GMVAENet, ModelConfig, log_cluster_posterior
+from gmvae_cli.model import ELBOTerms, GMVAENet, ModelConfig, log_cluster_posterior
 from gmvae_cli.recipe import DefaultRecipe, PaperRecipe, Phase
 from gmvae_cli.sources import InMemoryRows
 
@@ -83,6 +83,25 @@ def test_guided_loss_adds_cross_entropy_only_for_confident_rows():
     ce = -log_cluster_posterior(x_mu, means, logvars)[:4, 0].mean()
     weight = DefaultRecipe.PSEUDO_LABEL_WEIGHT
     assert float(loss) == pytest.approx(float(-terms.elbo + weight * ce), rel=1e-5)
+
+
+def test_elbo_phase_is_the_models_own_elbo_with_the_same_pull():
+    """After the guided phase: the model's own ELBO (its p(z|x,w) in the conditional prior,
+    not the pseudo-clusters) plus the same cross-entropy to confident pseudo-labels."""
+    torch.manual_seed(0)
+    net = GMVAENet(ModelConfig(input_dim=4, k=2, x_dim=2, w_dim=2, hidden=(8,), prior_hidden=8)).eval()
+    y, rows = torch.randn(6, 4), torch.arange(6)
+    targets = torch.tensor([[0.0, 1.0]] * 3 + [[0.6, 0.4]] * 3)
+    torch.manual_seed(1)
+    loss, terms = guided_recipe(targets).loss(net, y, rows, Phase("elbo", 1, 1e-4))
+    torch.manual_seed(1)
+    own = net.elbo_terms(y)
+    for name in ELBOTerms.NAMES:
+        assert float(getattr(terms, name)) == pytest.approx(float(getattr(own, name)), rel=1e-6)
+    x_mu, _, w_mu, _ = net.encoder(y)
+    ce = -log_cluster_posterior(x_mu, *net.prior(w_mu))[:3, 1].mean()
+    weight = DefaultRecipe.PSEUDO_LABEL_WEIGHT
+    assert float(loss) == pytest.approx(float(-own.elbo + weight * ce), rel=1e-5)
 
 
 def test_guided_loss_reads_the_targets_of_the_batch_rows():

@@ -111,14 +111,14 @@ Data = Annotated[str, typer.Argument(help="Feature table: .csv (also .csv.gz), .
 Recipe = Annotated[str, typer.Option("--recipe", help="default (warm start + ELBO) or paper (the spec's ELBO alone).")]
 Epochs = Annotated[int | None, typer.Option(
     "--epochs",
-    help="GMVAE epochs (default: the recipe's: default 30 = 20 guided + 10 plain ELBO, after 20 "
+    help="GMVAE epochs (default: the recipe's: default 30 = 20 guided + 10 ELBO, after 20 "
     "of autoencoder pretraining; paper 50). The default recipe keeps its proportions: "
-    "--epochs 15 runs 10 guided, 5 plain and 10 pretraining epochs.",
+    "--epochs 15 runs 10 guided, 5 ELBO and 10 pretraining epochs.",
 )]
 LearningRate = Annotated[float | None, typer.Option(
     "--lr",
     help="Adam learning rate (default 1e-3). The default recipe pretrains and guides at this "
-    "rate and runs its plain-ELBO epochs at a tenth of it.",
+    "rate and runs its ELBO epochs at a tenth of it.",
 )]
 XDim = Annotated[int, typer.Option("--x-dim", help="Dimension of the latent x, where clusters live.")]
 WDim = Annotated[int, typer.Option("--w-dim", help="Dimension of the latent w.")]

@@ -212,8 +212,6 @@ class Trainer:
         self.reporter.update(start)
         for epoch in range(start, len(schedule)):
             phase = schedule[epoch]
-            if epoch == start or phase != schedule[epoch - 1]:
-                self.recipe.start_phase(phase)
             for group in optimizer.param_groups:
                 group["lr"] = phase.lr
             distributed.epoch_seed(seed, epoch)
