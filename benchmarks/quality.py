@@ -240,7 +240,7 @@ def markdown(report: dict) -> str:
     lines = [
         "# Benchmarks: clustering quality",
         "",
-        (f"Measured {report['date']} with `{report['command']}` on {machine_line(m)}. "
+        (f"Measured {report['date']} with {report['command']} on {machine_line(m)}. "
         f"Dense matmul peak in the same run: {report['matmul_gflops']:.1f} GFLOP/s."),
         "",
         ("Accuracy is Hungarian one-to-one matching when K equals the number of classes and "
@@ -319,7 +319,7 @@ def main() -> None:
         found = baselines("mnist", sets["mnist"]) + baselines("usps", sets["usps"])
     report = {
         "date": date.today().isoformat(),
-        "command": ("make bench-quick" if args.quick else "make bench"
+        "command": ("`make bench-quick`" if args.quick else "`make bench`"
                     + (f" (then `python -m benchmarks.quality --rerun {args.rerun}`)"
                        if args.rerun else "")),
         "machine": machine(),
