@@ -104,6 +104,20 @@ def test_elbo_phase_is_the_models_own_elbo_with_the_same_pull():
     assert float(loss) == pytest.approx(float(-own.elbo + weight * ce), rel=1e-5)
 
 
+def test_a_run_resumed_without_pseudo_clusters_trains_the_plain_elbo():
+    """Checkpoints of earlier versions dropped the pseudo-clusters after the guided phase;
+    a run resumed from one in its ELBO phase goes on with the plain ELBO."""
+    torch.manual_seed(0)
+    net = GMVAENet(ModelConfig(input_dim=4, k=2, x_dim=2, w_dim=2, hidden=(8,), prior_hidden=8)).eval()
+    chosen = DefaultRecipe()
+    chosen.load_state_dict({"stage": "trained", "pretraining": None, "placer": None,
+                            "pseudo_labels": None, "found": {}})
+    y = torch.randn(5, 4)
+    torch.manual_seed(1)
+    loss, terms = chosen.loss(net, y, torch.arange(5), Phase("elbo", 1, 1e-4))
+    assert float(loss) == pytest.approx(float(-terms.elbo))
+
+
 def test_guided_loss_reads_the_targets_of_the_batch_rows():
     """Targets are looked up by row number: a shuffled batch gets its own rows' targets."""
     torch.manual_seed(0)

@@ -232,6 +232,8 @@ class DefaultRecipe(Recipe):
     def loss(self, net, y, rows, phase):
         """Guided: the pseudo-clusters weight the conditional prior; then the model's own
         ELBO. Both add the cross-entropy of the assignment rule to confident pseudo-labels."""
+        if self.targets is None:  # resumed from an older version's checkpoint that dropped
+            return super().loss(net, y, rows, phase)  # them after the guided phase
         targets = self.targets[rows].to(y.device)  # (B, K)
         guided = phase.name == "guided"
         terms = net.elbo_terms(y, cluster_weights=targets if guided else None,
