@@ -228,9 +228,7 @@ class Spaces:
     columns: list[np.ndarray]  # the dequantised (PCA'd) columns, per seed
     columns_view: View
     graph_view: View
-    # What the neighbour graph joins, per seed (the columns dequantised with that seed's
-    # noise, or the same codes for both); None for tiny samples.
-    graph_inputs: list[np.ndarray] | None
+    graph_input: np.ndarray | None  # what the neighbour graph joins; None for tiny samples
     seeds: list[int]
     settings: WarmStartSettings
     on_codes: bool = False  # the graph is built on autoencoder codes (uses_codes)
@@ -241,22 +239,20 @@ class Spaces:
 
     def graph(self, timings: dict[str, float]) -> list[np.ndarray]:
         """The neighbour-graph embedding, per seed (empty for tiny samples)."""
-        if self.graph_inputs is None:
+        if self.graph_input is None:
             return []
         if self.embeddings is None:
             memo = self.memo if self._shares("graph") else {}
-            neighbours: dict[int, tuple] = {}  # per distinct input: codes share one
-            for s, graph in zip(self.seeds, self.graph_inputs):
-                if ("embedding", s) in memo:
-                    continue
-                if id(graph) not in neighbours:
-                    timed = time.perf_counter()
-                    neighbours[id(graph)] = neighbour_embedding.exact_knn(
-                        torch.from_numpy(graph.astype(np.float32)),
-                        min(self.settings.embed_neighbours, len(graph) - 1))
-                    _add(timings, "neighbours", timed)
-                memo["embedding", s] = _embedding(graph, neighbours[id(graph)], s,
-                                                  self.settings, timings)
+            missing = [s for s in self.seeds if ("embedding", s) not in memo]
+            if missing:
+                timed = time.perf_counter()
+                graph = torch.from_numpy(self.graph_input.astype(np.float32))
+                knn = neighbour_embedding.exact_knn(
+                    graph, min(self.settings.embed_neighbours, len(graph) - 1))
+                _add(timings, "neighbours", timed)
+                for s in missing:
+                    memo["embedding", s] = _embedding(self.graph_input, knn, s, self.settings,
+                                                      timings)
             self.embeddings = [memo["embedding", s] for s in self.seeds]
         return self.embeddings
 
@@ -286,17 +282,13 @@ def spaces(nets: list[GMVAENet], sample: torch.Tensor, seed: int, device: torch.
     graph_view = View.of(nets, sample, device) if codes else inputs
     seeds = [seed, seed + 1]
     timed = time.perf_counter()
-    jittered = [dequantised(columns, np.random.default_rng(s), settings.discrete_max_values)
-                for s in seeds]
-    found = [_columns_space(values, settings) for values in jittered]
+    found = [_columns_space(columns, s, settings) for s in seeds]
     _add(timings, "columns", timed)
-    graph_inputs = None
+    graph_input = None
     if len(sample) >= settings.embed_min_rows:
-        if codes:
-            graph_inputs = [_pca(graph_view(sample, device).numpy(), settings.graph_max_dims)] * 2
-        else:  # dequantised too: rows tied on discrete columns would form cliques of copies
-            graph_inputs = [_pca(values, settings.graph_max_dims) for values in jittered]
-    return Spaces(found, inputs, graph_view, graph_inputs, seeds, settings, codes, memo=memo)
+        graph_input = _pca(graph_view(sample, device).numpy() if codes else columns,
+                           settings.graph_max_dims)
+    return Spaces(found, inputs, graph_view, graph_input, seeds, settings, codes, memo=memo)
 
 
 def pseudo_clusters(
@@ -313,7 +305,7 @@ def pseudo_clusters(
     k = net.cfg.k
     candidates = [_candidate("columns", found.runs("columns", k, timings))]
     floor = settings.codes_graph_floor if found.on_codes else None
-    if (found.graph_inputs is not None and len(sample) >= 3 * k
+    if (found.graph_input is not None and len(sample) >= 3 * k
             and graph_can_win(candidates[0], settings.stability_margin, floor)):
         candidates.append(_candidate("graph", found.runs("graph", k, timings)))
     chosen = choose(candidates, settings.stability_margin, floor)
@@ -349,10 +341,11 @@ def _candidate(name: str, runs: list[clustering.Mixture]) -> Candidate:
                      runs[0].covariance)
 
 
-def _columns_space(space: np.ndarray, settings: WarmStartSettings) -> np.ndarray:
-    """The columns as a mixture sees them, from the dequantised columns (a column of a few
+def _columns_space(columns: np.ndarray, seed: int, settings: WarmStartSettings) -> np.ndarray:
+    """The columns as a mixture sees them: discrete columns dequantised (a column of a few
     integer values is a stack of flat sheets that a full covariance fits with infinite
-    likelihood, capturing the mixture): PCA where the table is wide."""
+    likelihood, capturing the mixture), then PCA where the table is wide."""
+    space = dequantised(columns, np.random.default_rng(seed), settings.discrete_max_values)
     if space.shape[1] > settings.columns_pca_above:
         space = _pca(space, settings.columns_max_dims)
     return space
