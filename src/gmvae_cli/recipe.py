@@ -104,7 +104,7 @@ class DefaultRecipe(Recipe):
     # The ELBO phase runs 10x slower: at the guided rate plain ELBO drifts off the guided
     # clusters (MNIST seed 0: 0.938 -> 0.929); at a tenth accuracy holds while the ELBO
     # still improves. It keeps the pseudo-label pull: without it the model's own ELBO still
-    # drifted off on tables (ARI, categorical 0.81 -> 0.77, anisotropic 0.98 -> 0.97).
+    # drifted off on tables (ARI, categorical 0.80 -> 0.77, anisotropic 0.98 -> 0.97).
     FREE_LR_SHARE = 0.1
     # Cross-entropy of p(z|y) against confident pseudo-labels. At 1.0 the GMVAE reproduced
     # the pseudo-clusters loosely (MNIST K=30 seed 1: pseudo 0.953, GMVAE 0.943); at 5.0 it
