@@ -258,6 +258,29 @@ def test_spaces_say_whether_the_graph_is_built_on_codes(min_width, on_codes):
     assert spaces.on_codes is on_codes and len(spaces.graph({})) == 2
 
 
+def test_on_codes_a_stable_graph_is_kept_without_fitting_the_columns(monkeypatch):
+    """Blobs on the codes path: the graph of codes is stable, so the columns' mixtures,
+    which could not change the choice, are never fitted; an unstable graph still gets
+    them fitted and compared."""
+    frame, _ = make_blobs_frame(n_rows=300, n_features=8, k=3, seed=2)
+    data = torch.tensor(((frame - frame.mean()) / frame.std()).to_numpy(), dtype=torch.float32)
+    net = GMVAENet(ModelConfig(input_dim=8, k=3, hidden=(16,)))
+    settings = dataclasses.replace(SMALL, codes_min_rows=100, codes_min_width=5)
+    fitted = []
+    real = warm_start._mixture
+    monkeypatch.setattr(warm_start, "_mixture", lambda space, *args: fitted.append(args[-1]) or
+                        real(space, *args))
+    spaces = warm_start.spaces([net], data, 0, CPU, {}, settings)
+    _, _, found = warm_start.pseudo_clusters(net, data, spaces, CPU, {}, settings)
+    assert found["chosen"] == "graph" and set(found["stability"]) == {"graph"}
+    assert found["stability"]["graph"] >= settings.codes_graph_floor
+    assert fitted == [("full",), ("full",)]  # the graph's two runs only
+    unreachable = dataclasses.replace(settings, codes_graph_floor=1.01)
+    spaces = warm_start.spaces([net], data, 0, CPU, {}, unreachable)
+    _, _, found = warm_start.pseudo_clusters(net, data, spaces, CPU, {}, unreachable)
+    assert set(found["stability"]) == {"columns", "graph"}
+
+
 def test_default_recipe_on_iris_beats_kmeans(tmp_path):
     """150 rows × 4 columns: the default recipe finds the three species about as well as a
     full-covariance GMM (ARI 0.90); clustering autoencoder codes gave 0.61, k-means gives 0.62."""

@@ -303,11 +303,21 @@ def pseudo_clusters(
     among them, and what was measured to choose them (module doc); the GMVAE's prior
     network is initialised to the clusters."""
     k = net.cfg.k
-    candidates = [_candidate("columns", found.runs("columns", k, timings))]
     floor = settings.codes_graph_floor if found.on_codes else None
-    if (found.graph_input is not None and len(sample) >= 3 * k
-            and graph_can_win(candidates[0], settings.stability_margin, floor)):
-        candidates.append(_candidate("graph", found.runs("graph", k, timings)))
+    graph_fits = found.graph_input is not None and len(sample) >= 3 * k
+    graph = None
+    if floor is not None and graph_fits:
+        # On the codes path a graph this stable is kept whatever the columns give (choose):
+        # their mixtures (seconds on MNIST, more at large K) are only fitted when it is not.
+        graph = _candidate("graph", found.runs("graph", k, timings))
+    if graph is not None and graph.stability >= floor:
+        candidates = [graph]
+    else:
+        candidates = [_candidate("columns", found.runs("columns", k, timings))]
+        if graph is None and graph_fits and graph_can_win(candidates[0],
+                                                          settings.stability_margin, floor):
+            graph = _candidate("graph", found.runs("graph", k, timings))
+        candidates += [graph] if graph is not None else []
     chosen = choose(candidates, settings.stability_margin, floor)
     resp = torch.from_numpy(chosen.runs[0]).float()
     init_prior(net, encode_means(net, sample, device), resp, settings)
