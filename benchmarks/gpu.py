@@ -66,7 +66,8 @@ def main() -> None:
         if args.data:
             mnist, labels = str(args.data / "mnist-test.parquet"), np.load(args.data / "mnist-labels.npy")
         else:
-            mnist, labels = datasets()["mnist"]["file"], datasets()["mnist"]["labels"]
+            found = datasets()["mnist"]
+            mnist, labels = found["file"], found["labels"]
         runs = [train_and_assign(mnist, 10, 0, folder, f"mnist-{i}", args.device) for i in range(2)]
         report["mnist"] = [{"train_seconds": r["train_seconds"],
                             "assign_seconds": r["assign_seconds"], "timings": r["timings"],

@@ -317,7 +317,8 @@ def pseudo_clusters(
         if graph is None and graph_fits and graph_can_win(candidates[0],
                                                           settings.stability_margin, floor):
             graph = _candidate("graph", found.runs("graph", k, timings))
-        candidates += [graph] if graph is not None else []
+        if graph is not None:
+            candidates.append(graph)
     chosen = choose(candidates, settings.stability_margin, floor)
     resp = torch.from_numpy(chosen.runs[0]).float()
     init_prior(net, encode_means(net, sample, device), resp, settings)
