@@ -558,7 +558,8 @@ def warm_start_table(report: dict) -> list[str]:
     where they were kept) and each way's stability (the ARI between its two runs; – where
     the graph was not built because it could not win)."""
     lines = [("**The warm start's choice** (per seed: the way kept, the columns' covariance "
-              "type where they were kept, then the stability of columns / graph; – : the graph "
+              "type where they were kept (*joined*: the graph's clusters from both seeds' "
+              "embeddings), then the stability of columns / graph; – : the graph "
               "was not built, the columns' runs agreeing)"), "",
              "| data | " + " | ".join(f"seed {s}" for s in report["seeds"]) + " |",
              "|---" * (len(report["seeds"]) + 1) + "|"]
@@ -575,6 +576,8 @@ def warm_start_table(report: dict) -> list[str]:
             way = found["chosen"]
             if way == "columns" and "covariance" in found:
                 way += f" {found['covariance']}"
+            elif found.get("joined"):
+                way += " joined"
             cells.append(f"{way} ({stability.get('columns', float('nan')):.2f} / "
                          + (f"{stability['graph']:.2f})" if "graph" in stability else "–)"))
         lines.append(f"| {t['name']} | " + " | ".join(cells) + " |")

@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from conftest import make_blobs_frame, run_cli
-from gmvae_cli import neighbour_embedding, recipe, settings, warm_start
+from gmvae_cli import clustering, neighbour_embedding, recipe, settings, warm_start
 from gmvae_cli.model import ELBOTerms, GMVAENet, ModelConfig, log_cluster_posterior
 from gmvae_cli.recipe import DefaultRecipe, PaperRecipe, Phase
 from gmvae_cli.sources import InMemoryRows
@@ -324,7 +324,8 @@ def test_restart_seeds_share_embeddings_and_mixtures_with_the_same_results():
         fresh, _, _ = warm_start.pseudo_clusters(net, data, alone, CPU, {}, settings)
         assert torch.equal(resp, fresh)
     assert sorted(key for key in memo if key[0] == "embedding") == [("embedding", s) for s in (0, 1, 2)]
-    assert len([key for key in memo if key[0] != "embedding"]) == 6  # 2 ways × seeds 0-2
+    assert len([key for key in memo if key[0] in ("columns", "graph")]) == 6  # 2 ways × seeds 0-2
+    assert sorted(key for key in memo if key[0] == "joint") == [("joint", 3, 0, 1), ("joint", 3, 1, 2)]
 
 
 def test_wine_gets_axis_aligned_covariances_and_keeps_its_columns():
@@ -345,3 +346,23 @@ def test_wine_gets_axis_aligned_covariances_and_keeps_its_columns():
     spaces = warm_start.spaces([net], data, 0, CPU, timings, full)
     _, _, found = warm_start.pseudo_clusters(net, data, spaces, CPU, timings, full)
     assert found["covariance"] == "full" and found["stability"]["columns"] < 0.99
+
+
+def test_off_codes_the_graph_ways_clusters_come_from_both_embeddings_joined():
+    """Two moons and three noise columns on the graph way (made to win here); its pseudo-clusters are the
+    mixture on both seeds' embeddings side by side (ARI against the labels, used only to
+    score; over seeds 0-5 it beat the first seed's own mixture on average, not on each)."""
+    from sklearn.datasets import make_moons
+
+    values, labels = make_moons(1000, noise=0.08, random_state=0)
+    values = np.hstack([values, np.random.default_rng(0).normal(scale=0.3, size=(1000, 3))])
+    data = torch.tensor(values, dtype=torch.float32)
+    net = GMVAENet(ModelConfig(input_dim=5, k=2, hidden=(16,)))
+    settings = dataclasses.replace(SMALL, stability_margin=-1.0)
+    spaces = warm_start.spaces([net], data, 0, CPU, {}, settings)
+    resp, _, found = warm_start.pseudo_clusters(net, data, spaces, CPU, {}, settings)
+    assert found["chosen"] == "graph" and found["joined"]
+    joined = clustering.mixture_by_bic(np.hstack(spaces.graph({})).astype(np.float64), 2, 0,
+                                       SMALL.gmm_inits, ("full",))
+    np.testing.assert_array_equal(resp.numpy(), joined.resp.astype(np.float32))
+    assert adjusted_rand_score(labels, resp.argmax(1).numpy()) >= 0.85

@@ -266,6 +266,17 @@ class Spaces:
                 memo[way, k, s] = _mixture(space, k, s, self.settings, timings, covariances)
         return [memo[way, k, s] for s in self.seeds]
 
+    def joint(self, k: int, timings: dict[str, float]) -> clustering.Mixture:
+        """The mixture on the seeds' graph embeddings side by side: each seed's layout tears
+        and bends the graph its own way, and a mixture on both keeps what they share
+        (docs/model.md has what it bought)."""
+        memo = self.memo if self._shares("graph") else {}
+        key = ("joint", k, *self.seeds)
+        if key not in memo:
+            joined = np.hstack(self.graph(timings)).astype(np.float64)
+            memo[key] = _mixture(joined, k, self.seeds[0], self.settings, timings, ("full",))
+        return memo[key]
+
     def _shares(self, way: str) -> bool:
         """The columns' spaces depend on the rows and a seed only; a graph of autoencoder
         codes also on the restart's autoencoders."""
@@ -320,10 +331,14 @@ def pseudo_clusters(
         if graph is not None:
             candidates.append(graph)
     chosen = choose(candidates, settings.stability_margin, floor)
-    resp = torch.from_numpy(chosen.runs[0]).float()
+    # Off the codes path the graph way's clusters come from both seeds' embeddings joined
+    # (Spaces.joint). Not on codes, which already join two autoencoders: there the joined
+    # embeddings' best-likelihood mixture merged digits (MNIST).
+    joined = chosen.name == "graph" and not found.on_codes
+    resp = torch.from_numpy(found.joint(k, timings).resp if joined else chosen.runs[0]).float()
     init_prior(net, encode_means(net, sample, device), resp, settings)
     view = found.graph_view if chosen.name == "graph" else found.columns_view
-    return resp, view, {"chosen": chosen.name, "covariance": chosen.covariance,
+    return resp, view, {"chosen": chosen.name, "covariance": chosen.covariance, "joined": joined,
                         "stability": {c.name: c.stability for c in candidates}}
 
 
