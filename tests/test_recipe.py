@@ -366,3 +366,18 @@ def test_off_codes_the_graph_ways_clusters_come_from_both_embeddings_joined():
     joined = clustering.mixture_by_bic(np.hstack(spaces.graph({})).astype(np.float64), 2, 0,
                                        SMALL.gmm_inits, ("full",))
     np.testing.assert_array_equal(resp.numpy(), joined.resp.astype(np.float32))
+
+
+@pytest.mark.parametrize("min_width, epochs", [(5, 200), (50, None)])
+def test_the_graph_of_codes_is_laid_out_in_fewer_epochs(monkeypatch, min_width, epochs):
+    """Codes: 200 epochs; the columns keep umap-learn's rule (None: 500 up to 10,000 rows)."""
+    frame, _ = make_blobs_frame(n_rows=300, n_features=8, k=3, seed=2)
+    data = torch.tensor(((frame - frame.mean()) / frame.std()).to_numpy(), dtype=torch.float32)
+    net = GMVAENet(ModelConfig(input_dim=8, k=3, hidden=(16,)))
+    asked = []
+    real = neighbour_embedding.embed
+    monkeypatch.setattr(neighbour_embedding, "embed",
+                        lambda *args, **kw: asked.append(kw["epochs"]) or real(*args, **kw))
+    settings = dataclasses.replace(SMALL, codes_min_rows=100, codes_min_width=min_width)
+    warm_start.spaces([net], data, 0, CPU, {}, settings).graph({})
+    assert asked == [epochs, epochs]

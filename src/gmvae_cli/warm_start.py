@@ -45,6 +45,10 @@ class WarmStartSettings:
     place_neighbours: int = 10  # rows outside the sample take their nearest sample rows' clusters
     embed_dims: int = 5  # 10 dims gave the GMM bimodal restarts (MNIST 0.81 vs 0.95); 5 is steadier
     embed_neighbours: int = 20
+    # The layout's epochs on autoencoder codes (None: umap-learn's rule, 500 up to 10,000
+    # rows, else 200, which the columns keep). The graph of codes clusters as well after
+    # 200 epochs, in about a third of the time (docs/model.md).
+    codes_embed_epochs: int | None = 200
     embed_min_rows: int = 100  # below this a neighbour graph is too thin to cluster on
     gmm_inits: int = 10  # k-means-initialised restarts, best likelihood kept (unsupervised);
     # single fits often split one digit and merge two (0.81 vs 0.94 on MNIST)
@@ -250,9 +254,10 @@ class Spaces:
                 knn = neighbour_embedding.exact_knn(
                     graph, min(self.settings.embed_neighbours, len(graph) - 1))
                 _add(timings, "neighbours", timed)
+                epochs = self.settings.codes_embed_epochs if self.on_codes else None
                 for s in missing:
                     memo["embedding", s] = _embedding(self.graph_input, knn, s, self.settings,
-                                                      timings)
+                                                      timings, epochs)
             self.embeddings = [memo["embedding", s] for s in self.seeds]
         return self.embeddings
 
@@ -397,10 +402,10 @@ def _pca(values: np.ndarray, dims: int) -> np.ndarray:
 
 
 def _embedding(graph: np.ndarray, knn, seed: int, settings: WarmStartSettings,
-               timings: dict[str, float]) -> np.ndarray:
+               timings: dict[str, float], epochs: int | None = None) -> np.ndarray:
     timed = time.perf_counter()
     emb = neighbour_embedding.embed(graph, dims=settings.embed_dims,
-                                    n_neighbors=knn[0].shape[1], seed=seed,
+                                    n_neighbors=knn[0].shape[1], seed=seed, epochs=epochs,
                                     knn=(knn[0].numpy(), knn[1].numpy()))
     _add(timings, "embedding", timed)
     return emb
