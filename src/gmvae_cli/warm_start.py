@@ -13,12 +13,11 @@ and the one that finds the same partition again (higher stability, the adjusted 
 between its two runs) is kept; on a tie, the plainer mixture on the columns (so when the
 columns' runs agree the graph cannot win and is not built: blobs skip it). A graph kept on
 the columns gives the clusters of a third mixture, on both seeds' embeddings side by side
-(Spaces.joint). On large wide
-tables, where the columns' mixture only sees a few principal components, the graph of codes
-is kept unless it is unstable (WarmStartSettings.codes_graph_floor). The prior
-network is then set to the chosen clusters' code statistics, and the recipe's guided phase
-(recipe.py) teaches the encoder and prior those clusters. The GMVAE itself assigns,
-samples and scores afterwards.
+(Spaces.joint). On large wide tables, where the columns' mixture only sees a few principal
+components, the graph of codes is kept unless it is unstable
+(WarmStartSettings.codes_graph_floor). The prior network is then set to the chosen
+clusters' code statistics, and the recipe's guided phase (recipe.py) teaches the encoder
+and prior those clusters. The GMVAE itself assigns, samples and scores afterwards.
 """
 
 from __future__ import annotations
