@@ -26,15 +26,6 @@ class Mixture(NamedTuple):
     covariance: str  # the covariance type fitted
 
 
-def gaussian_mixture(x: np.ndarray, k: int, seed: int, inits: int = 10,
-                     covariance: str = "full") -> np.ndarray:
-    """(n, k) responsibilities of the best of `inits` k-means-initialised EM runs (highest
-    mean log-likelihood), as GaussianMixture(covariance_type=covariance).predict_proba gives."""
-    data = _tensor(x)
-    labels = kmeans(data, k, inits, torch.Generator().manual_seed(seed))  # (B, n)
-    return _em(data, k, labels, covariance)[0]
-
-
 def mixture_by_bic(x: np.ndarray, k: int, seed: int, inits: int = 10,
                    covariances: tuple[str, ...] = COVARIANCES) -> Mixture:
     """The mixture of lowest BIC among the covariance types, each the best of the same
