@@ -19,9 +19,10 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from conftest import run_cli
-from gmvae_cli import checkpoint
+from gmvae_cli import checkpoint, warm_start
 from gmvae_cli.api import GMVAE
 from gmvae_cli.errors import UserError
+from gmvae_cli.model import GMVAENet, ModelConfig
 from gmvae_cli.preprocess import Preprocessor, choose_columns
 
 COLORS = [["red", "orange"], ["green", "teal"], ["blue", "navy"]]
@@ -94,6 +95,8 @@ def test_encoding_is_exact_over_chunks_and_round_trips():
     np.testing.assert_allclose(color.sum(1)[frame["color"].notna()], pre.category_scale["color"],
                                rtol=1e-6)
     assert (color[[4, 9]] == 0).all()
+    assert pre.indicators == [0.0] * 3 + [pre.category_scale["color"]] * 6 + \
+        [pre.category_scale["shape"]] * 7
     assert np.allclose(color.var(0).sum(), 1.0, atol=0.02)  # the blocks' total variance ≈ 1
     back = pre.inverse(matrix.astype(np.float64))
     assert list(back.columns) == list(frame.columns)  # the original column order
@@ -337,3 +340,26 @@ def test_checkpoint_from_before_categories_still_loads(trained_model, blobs_csv,
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(model.sample(10, seed=0)) == 10
+
+
+def test_the_warm_starts_graph_sees_plain_indicators_and_standardised_numbers():
+    """Off the codes path the neighbour graph gets one-hot columns at 0/1 (a category apart
+    weighs as much as a typical difference on one standardised number); the columns'
+    mixture keeps every column standardised, and a table of numbers only is unchanged."""
+    frame, _ = category_table(n_rows=300, seed=1)
+    choice = choose_columns(frame, None)
+    pre, _ = Preprocessor.fit([frame], choice.columns, "error", "auto",
+                              encode=choice.categorical, categorical="auto")
+    sample = torch.from_numpy(pre.transform(frame)[0])
+    net = GMVAENet(ModelConfig(input_dim=pre.width, k=3))
+    found = warm_start.spaces([net], sample, 0, torch.device("cpu"), {},
+                              indicators=pre.indicators)
+    one_hot = pd.get_dummies(frame[["color", "shape"]]).to_numpy(float)
+    np.testing.assert_allclose(found.graph_input[:, 3:], one_hot, atol=1e-6)
+    numbers = frame[["size", "noise_a", "noise_b"]].to_numpy(float)
+    standardised = (numbers - numbers.mean(0)) / numbers.std(0, ddof=1)
+    np.testing.assert_allclose(found.graph_input[:, :3], standardised, atol=1e-5)
+    columns = found.columns_view(sample, torch.device("cpu"))
+    np.testing.assert_allclose(columns.std(0), 1.0, rtol=1e-4)  # the mixture's columns
+    alone = warm_start.spaces([net], sample, 0, torch.device("cpu"), {})
+    assert (alone.graph_input[:, 3:].std(0) > 0.9).all()  # standardised, as before

@@ -161,7 +161,7 @@ class GMVAE:
             if writes:
                 checkpoint.save(checkpoint_path, self._payload(state["state_dict"], state))
 
-        chosen = recipe.make(self.settings, shared)
+        chosen = recipe.make(self.settings, shared, self.preprocessor_.indicators)
         self.outlier_threshold_ = None  # training checkpoints hold none
         trainer = Trainer(data, self.config, chosen, self.settings, device, reporter, save_state)
         fit = trainer.fit(resume=resume_state)

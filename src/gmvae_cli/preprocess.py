@@ -130,6 +130,15 @@ class Preprocessor:
         """Columns of the model's matrix: one per number, one per category."""
         return len(self.numeric_columns) + sum(len(v) for v in self.categories.values())
 
+    @property
+    def indicators(self) -> list[float]:
+        """Per column of the model's matrix: the value of its one-hot indicator, 0 for a
+        number."""
+        values = [0.0] * len(self.numeric_columns)
+        for c in self.categorical_columns:
+            values += [self.category_scale[c]] * len(self.categories[c])
+        return values
+
     @classmethod
     def fit(
         cls, chunks: Iterable[pd.DataFrame], columns: list[str], missing: str, likelihood: str,

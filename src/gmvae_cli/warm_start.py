@@ -165,14 +165,21 @@ class View(nn.Module):
         self.register_buffer("scale", scale)
 
     @classmethod
-    def of(cls, nets: list[GMVAENet] | None, sample: torch.Tensor, device: torch.device) -> View:
-        """A view fitted on the sample: from the nets' encoders, or the inputs (nets None)."""
+    def of(cls, nets: list[GMVAENet] | None, sample: torch.Tensor, device: torch.device,
+           indicators: list[float] | None = None) -> View:
+        """A view fitted on the sample: from the nets' encoders, or the inputs (nets None).
+        `indicators` (the inputs' one-hot values, 0 for numbers): those columns are scaled
+        back to plain 0/1 instead of standardised."""
         config = nets[0].cfg if nets else ModelConfig(input_dim=sample.shape[1])
         view = cls(config, len(nets or []), torch.zeros(0), torch.zeros(0))
         for mine, net in zip(view.encoders, nets or []):
             mine.load_state_dict(net.encoder.state_dict())
         raw = view.raw(sample, device)
         view.center, view.scale = raw.mean(0), raw.std(0).clamp_min(1e-8)
+        if indicators is not None:
+            values = torch.as_tensor(indicators, dtype=view.scale.dtype)
+            view.center = torch.where(values > 0, 0.0, view.center)
+            view.scale = torch.where(values > 0, values, view.scale)
         return view
 
     @torch.no_grad()
@@ -291,19 +298,30 @@ class Spaces:
 
 def spaces(nets: list[GMVAENet], sample: torch.Tensor, seed: int, device: torch.device,
            timings: dict[str, float], settings: WarmStartSettings = DEFAULT_SETTINGS,
-           memo: dict | None = None) -> Spaces:
-    """`memo`: a dict kept across restart seeds that see the very same sample rows."""
+           memo: dict | None = None, indicators: list[float] | None = None) -> Spaces:
+    """`memo`: a dict kept across restart seeds that see the very same sample rows.
+    `indicators`: the one-hot columns' values in the inputs (Preprocessor.indicators)."""
     inputs = View.of(None, sample, device)
     columns = inputs(sample, device).numpy().astype(np.float64)  # standardised
     codes = uses_codes(sample, settings)
-    graph_view = View.of(nets, sample, device) if codes else inputs
+    graph_view = inputs
+    if codes:
+        graph_view = View.of(nets, sample, device)
+    elif indicators is not None and any(v > 0 for v in indicators):
+        # The graph of the columns sees one-hot indicators as plain 0/1: rows of different
+        # categories are √2 apart, as far as two rows typically are on one standardised
+        # number (the usual one-hot + standard scaling). Standardised column by column, an
+        # indicator of a rare category weighs more than a number and a column weighs by its
+        # count of categories; there the graph tore (docs/model.md).
+        graph_view = View.of(None, sample, device, indicators)
     seeds = [seed, seed + 1]
     timed = time.perf_counter()
     found = [_columns_space(columns, s, settings) for s in seeds]
     _add(timings, "columns", timed)
     graph_input = None
     if len(sample) >= settings.embed_min_rows:
-        graph_input = _pca(graph_view(sample, device).numpy() if codes else columns,
+        graph_input = columns if graph_view is inputs else graph_view(sample, device).numpy()
+        graph_input = _pca(graph_input if codes else graph_input.astype(np.float64),
                            settings.graph_max_dims)
     return Spaces(found, inputs, graph_view, graph_input, seeds, settings, codes, memo=memo)
 
