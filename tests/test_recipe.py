@@ -382,3 +382,34 @@ def test_the_graph_of_codes_is_laid_out_in_fewer_epochs(monkeypatch, min_width, 
     settings = dataclasses.replace(SMALL, codes_min_rows=100, codes_min_width=min_width)
     warm_start.spaces([net], data, 0, CPU, {}, settings).graph({})
     assert asked == [epochs, epochs]
+
+
+def test_distinct_rows_keep_table_order_and_map_every_copy():
+    values = np.array([[2.0, 1.0], [0.0, 5.0], [2.0, 1.0], [1.0, 1.0], [0.0, 5.0]])
+    first, rows = warm_start.distinct_rows(values)
+    np.testing.assert_array_equal(first, [0, 1, 3])
+    np.testing.assert_array_equal(rows, [0, 1, 0, 2, 1])
+    np.testing.assert_array_equal(values[first][rows], values)
+
+
+def test_the_graph_joins_distinct_rows_and_copies_share_their_place(monkeypatch):
+    """Scores repeat rows (a third of biopsy's): the graph is built on the distinct rows, so
+    copies are not each other's only neighbours, and every copy gets its row's layout."""
+    rng = np.random.default_rng(0)
+    distinct = rng.integers(1, 11, size=(150, 4)).astype(float)
+    copies = np.repeat(distinct[:1], 60, axis=0)  # one row 60 times: more than 20 neighbours
+    values = np.vstack([distinct, copies, distinct[:30]])
+    data = torch.tensor((values - values.mean(0)) / values.std(0), dtype=torch.float32)
+    net = GMVAENet(ModelConfig(input_dim=4, k=2, hidden=(16,)))
+    embedded = []
+    real = neighbour_embedding.embed
+    monkeypatch.setattr(neighbour_embedding, "embed",
+                        lambda graph, **kw: embedded.append(len(graph)) or real(graph, **kw))
+    spaces = warm_start.spaces([net], data, 0, CPU, {}, SMALL)
+    layouts = spaces.graph({})
+    unique = len(np.unique(distinct, axis=0))
+    assert embedded == [unique, unique] and len(spaces.graph_input) == unique
+    for layout in layouts:
+        assert layout.shape == (len(values), SMALL.embed_dims)
+        np.testing.assert_array_equal(layout[150:210], np.repeat(layout[:1], 60, axis=0))
+        np.testing.assert_array_equal(layout[210:], layout[:30])

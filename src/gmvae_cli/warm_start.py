@@ -240,7 +240,8 @@ class Spaces:
     columns: list[np.ndarray]  # the dequantised (PCA'd) columns, per seed
     columns_view: View
     graph_view: View
-    graph_input: np.ndarray | None  # what the neighbour graph joins; None for tiny samples
+    graph_input: np.ndarray | None  # the distinct rows the neighbour graph joins; None for
+    # tiny samples
     seeds: list[int]
     settings: WarmStartSettings
     on_codes: bool = False  # the graph is built on autoencoder codes (uses_codes)
@@ -248,6 +249,8 @@ class Spaces:
     # Results that depend only on the rows and a seed, kept across restart seeds (select-k's
     # restart seed s uses seeds s and s + 1, its next restart s + 1 and s + 2); None: unshared.
     memo: dict | None = None
+    # Each sample row's row in graph_input, where the sample repeats rows (None: it does not).
+    graph_rows: np.ndarray | None = None
 
     def graph(self, timings: dict[str, float]) -> list[np.ndarray]:
         """The neighbour-graph embedding, per seed (empty for tiny samples)."""
@@ -264,8 +267,9 @@ class Spaces:
                 _add(timings, "neighbours", timed)
                 epochs = self.settings.codes_embed_epochs if self.on_codes else None
                 for s in missing:
-                    memo["embedding", s] = _embedding(self.graph_input, knn, s, self.settings,
-                                                      timings, epochs)
+                    layout = _embedding(self.graph_input, knn, s, self.settings, timings, epochs)
+                    memo["embedding", s] = layout if self.graph_rows is None else \
+                        layout[self.graph_rows]  # a repeated row sits where its copies do
             self.embeddings = [memo["embedding", s] for s in self.seeds]
         return self.embeddings
 
@@ -318,12 +322,32 @@ def spaces(nets: list[GMVAENet], sample: torch.Tensor, seed: int, device: torch.
     timed = time.perf_counter()
     found = [_columns_space(columns, s, settings) for s in seeds]
     _add(timings, "columns", timed)
-    graph_input = None
+    graph_input, graph_rows = None, None
     if len(sample) >= settings.embed_min_rows:
-        graph_input = columns if graph_view is inputs else graph_view(sample, device).numpy()
-        graph_input = _pca(graph_input if codes else graph_input.astype(np.float64),
-                           settings.graph_max_dims)
-    return Spaces(found, inputs, graph_view, graph_input, seeds, settings, codes, memo=memo)
+        values = columns if graph_view is inputs else graph_view(sample, device).numpy()
+        first, graph_rows = distinct_rows(values)
+        if len(first) >= settings.embed_min_rows:
+            graph_input = _pca(values if codes else values.astype(np.float64),
+                               settings.graph_max_dims)
+            graph_input = graph_input if len(first) == len(values) else graph_input[first]
+    if graph_input is None or len(graph_input) == len(sample):
+        graph_rows = None
+    return Spaces(found, inputs, graph_view, graph_input, seeds, settings, codes, memo=memo,
+                  graph_rows=graph_rows)
+
+
+def distinct_rows(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The neighbour graph joins distinct rows only, as umap-learn's `unique=True`: where
+    more copies of a row than neighbours exist (scores, codes: a third of biopsy's rows
+    repeat another), each copy's neighbours are copies, and which copies is a matter of
+    rounding; the graph falls apart into cliques that each layout places elsewhere. Returns
+    each distinct row's first occurrence, in table order, and for every row the position of
+    its distinct row among those."""
+    _, first, inverse = np.unique(values, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    return first[order], position[inverse.ravel()]
 
 
 def pseudo_clusters(
