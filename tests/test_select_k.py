@@ -3,6 +3,7 @@ far too large and stay silent when it is right."""
 
 import json
 
+import numpy as np
 import pytest
 
 from conftest import FAST_TRAIN, make_blobs_frame, run_cli
@@ -105,6 +106,7 @@ def test_parse_k_range():
         (["--plot", "curves.jpg"], "--plot"),
         (["--holdout", "1.5"], "--holdout"),
         (["--restarts", "0"], "--restarts"),
+        (["--workers", "0"], "--workers"),
         (["--hidden", "0"], "--hidden"),
         (["--k-range", "2:5000"], "too few"),
     ],
@@ -116,18 +118,23 @@ def test_bad_options_exit_2_before_training(blobs_csv, args, message):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_ctrl_c_prints_the_finished_ks_and_exits_130(monkeypatch, blobs_csv):
-    def fake_measure(k, *args):
-        if k > 3:
-            raise KeyboardInterrupt
-        return result(k, [-5.0 + k, -5.1 + k], [k, k], 0.97)
+def fake_fit(self, k, run_seed, say=None):
+    """A model that agrees with its restarts (labels by row number) at a better ELBO for
+    larger K; Ctrl-C arrives during K = 4."""
+    if k > 3:
+        raise KeyboardInterrupt
+    return -5.0 + k - 0.1 * (run_seed % 2), k, np.arange(len(self.frame)) % k
 
-    monkeypatch.setattr(sk, "_measure_k", fake_measure)
-    run = run_cli("select-k", blobs_csv, "--k-range", "2:9", "--restarts", 2, "--quiet")
+
+def test_ctrl_c_prints_the_finished_ks_and_exits_130(monkeypatch, blobs_csv):
+    monkeypatch.setattr(sk._Sweeper, "fit", fake_fit)
+    run = run_cli("select-k", blobs_csv, "--k-range", "2:9", "--restarts", 2, "--quiet",
+                  "--workers", 1)
     assert run.exit_code == 130
     assert "recommended K: 3" in run.stdout
     assert "interrupted" in run.stderr and "(2, 3)" in run.stderr
-    as_json = run_cli("select-k", blobs_csv, "--k-range", "2:9", "--restarts", 2, "--json")
+    as_json = run_cli("select-k", blobs_csv, "--k-range", "2:9", "--restarts", 2, "--json",
+                      "--workers", 1)
     assert as_json.exit_code == 130
     report = json.loads(as_json.stdout)
     assert report["interrupted"] and [r["k"] for r in report["results"]] == [2, 3]
@@ -200,3 +207,43 @@ def test_default_recipe_sweep_pretrains_once_per_seed(monkeypatch):
     assert calls == {"pretrain": 2, "spaces": 2}  # 2 seeds; 3 Ks × 2 seeds = 6 models
     at_three = next(r for r in sweep.results if r.k == 3)
     assert at_three.effective == [3, 3] and at_three.stability >= 0.99
+
+
+# -- models side by side --------------------------------------------------------------------
+
+
+def test_the_sweep_is_the_same_whatever_the_number_of_workers():
+    """After the first K every fit runs on one torch thread, in this process or a forked
+    worker, reusing only what depends on the rows and a seed: the numbers cannot depend on
+    which process ran which fit."""
+    frame, _ = make_blobs_frame(n_rows=400, n_features=6, k=3)
+    options = {"recipe": "default", "hidden": (16, 16), "epochs": 4, "device": "cpu"}
+    one = select_k(frame, [2, 3, 4], restarts=2, workers=1, **options)
+    three = select_k(frame, [2, 3, 4], restarts=2, workers=3, **options)
+    assert sk.worker_count(3, options, 4) == 3
+    assert [r.to_dict() for r in three.results] == [r.to_dict() for r in one.results]
+    assert three.recommended == one.recommended
+
+
+class InterruptingReporter(CountingReporter):
+    """Ctrl-C in the parent after `after` models have finished."""
+
+    def __init__(self, after):
+        super().__init__()
+        self.after = after
+
+    def update(self, advance=1, info=""):
+        super().update(advance, info)
+        if self.steps == self.after:
+            raise KeyboardInterrupt
+
+
+def test_ctrl_c_during_the_parallel_fits_keeps_the_finished_ks():
+    frame, _ = make_blobs_frame(n_rows=400, n_features=6, k=3)
+    sweep = select_k(frame, [2, 3, 4, 5], restarts=2, workers=2, hidden=(16, 16), epochs=2,
+                     device="cpu", reporter=InterruptingReporter(after=4))
+    assert sweep.interrupted
+    finished = [r.k for r in sweep.results]
+    # K = 2 here, then two of the workers' fits: one more K if they were its two seeds
+    assert finished[0] == 2 and len(finished) <= 2
+    assert all(len(r.heldout_elbo) == 2 for r in sweep.results)

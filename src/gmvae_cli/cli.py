@@ -466,6 +466,7 @@ def select_k(
     k_range: Annotated[str, typer.Option("--k-range", help="Ks to try: FIRST:LAST, FIRST:LAST:STEP or 4,7,10.")] = "2:20",
     restarts: Annotated[int, typer.Option(help="Models per K (seeds SEED, SEED+1, …); 2 or more measure stability.")] = 3,
     holdout: Annotated[float, typer.Option(help="Share of rows held out for the ELBO (seeded by --seed).")] = 0.2,
+    workers: Annotated[int | None, typer.Option(help="Processes training models side by side after the first K (default: one per CPU core; 1 on a GPU). The result does not depend on it.")] = None,
     as_json: AsJson = False,
     plot_path: Annotated[str | None, typer.Option("--plot", help="Also draw the three curves into this PNG.")] = None,
     recipe: Recipe = "default",
@@ -503,7 +504,7 @@ def select_k(
     from gmvae_cli import select_k as sweep
 
     sweep.run(data, k_range, restarts, holdout, as_json, plot_path, columns, exclude, fmt, key,
-              quiet, **options)
+              quiet, workers, **options)
 
 
 def main() -> None:

@@ -27,15 +27,21 @@ from __future__ import annotations
 
 import itertools
 import math
+import multiprocessing as mp
+import os
+import signal
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from multiprocessing.managers import SyncManager
 
 import numpy as np
 import pandas as pd
+import torch
 from rich.console import Console
 from rich.table import Table
 
-from gmvae_cli import clustering, plots
+from gmvae_cli import clustering, devices, plots
 from gmvae_cli.api import GMVAE
 from gmvae_cli.data import read_table
 from gmvae_cli.errors import UserError
@@ -144,13 +150,17 @@ def select_k(
     exclude: Sequence[str] = (),
     reporter: Reporter | None = None,
     note: Callable[[str], None] = lambda s: None,
+    workers: int | None = None,
     **options,
 ) -> Sweep:
     """Train `restarts` models per K in `ks` and recommend a K (see the module doc).
 
     `options` are GMVAE's training options (hidden, x_dim, recipe, epochs, batch_size, …);
-    each model gets seed `seed + restart`. Ctrl-C stops the sweep: the Ks finished so far
-    are kept, the result says `interrupted`, and the recommendation uses what finished.
+    each model gets seed `seed + restart`. The first K's models train here and build what
+    every K shares; the others train in `workers` processes side by side (None: one per CPU
+    core; 1 on a GPU), each on one torch thread, so the sweep's result does not depend on
+    how many there are. Ctrl-C stops the sweep: the Ks finished so far are kept, the result
+    says `interrupted`, and the recommendation uses what finished.
     """
     ks = sorted(dict.fromkeys(int(k) for k in ks))
     if not ks or ks[0] < 2:
@@ -159,6 +169,8 @@ def select_k(
         raise UserError(f"--restarts must be at least 1, got {restarts}")
     if not 0 < holdout < 1:
         raise UserError(f"--holdout must be between 0 and 1 (a share of the rows), got {holdout}")
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
     GMVAE(k=ks[0], **options)  # validates every option before any training starts
     frame = as_frame(table)
     n_held = round(len(frame) * holdout)
@@ -172,17 +184,27 @@ def select_k(
 
     reporter = reporter or Reporter(quiet=True)
     reporter.stage(f"select-k K={ks[0]}…{ks[-1]}", len(ks) * restarts)
-    results: list[KResult] = []
+    seeds = [seed + r for r in range(restarts)]
+    # One pretraining and one neighbour graph per seed, whatever K is (recipe.make).
+    job = _Sweeper(frame, train, held, seed, columns, exclude, options, shared={})
+    measured: dict[tuple[int, int], tuple[float, int, np.ndarray]] = {}
+
+    def done(k: int, run_seed: int, fit: tuple[float, int, np.ndarray]) -> None:
+        measured[k, run_seed] = fit
+        reporter.update(1, f"K={k} seed {run_seed}: held-out ELBO {fit[0]:.2f}")
+
     interrupted = False
-    shared: dict = {}  # one pretraining and one neighbour graph per seed, whatever K is
     try:
-        for k in ks:
-            results.append(
-                _measure_k(k, frame, train, held, restarts, seed, columns, exclude, reporter,
-                           note if not results else (lambda s: None), options, shared)
-            )
+        for run_seed in seeds:  # the notes about the columns once, not once per model
+            done(ks[0], run_seed, job.fit(ks[0], run_seed, note if run_seed == seed else None))
+        rest = [(k, run_seed) for k in ks[1:] for run_seed in seeds]
+        with torch_threads(1):
+            for k, run_seed, fit in _in_parallel(job, rest, workers):
+                done(k, run_seed, fit)
     except KeyboardInterrupt:
         interrupted = True  # keep what finished; the caller reports it and exits 130
+    results = [_result(k, seeds, measured) for k in ks
+               if all((k, run_seed) in measured for run_seed in seeds)]
     recommended, chosen, reason = recommend(results)
     return Sweep(
         results=results, recommended=recommended, reason=reason, chosen_k=chosen,
@@ -191,24 +213,111 @@ def select_k(
     )
 
 
-def _measure_k(k, frame, train, held, restarts, seed, columns, exclude, reporter, say, options,
-               shared):
-    seeds = [seed + r for r in range(restarts)]
-    elbos, effective, labels = [], [], []
-    for run_seed in seeds:
-        model = GMVAE(k=k, seed=run_seed, restarts=1, **options)
-        model.fit(train, columns=columns, exclude=exclude, note=say, shared=shared)
-        say = lambda message: None  # notes about the columns once, not once per model
-        if len(model.matrix(held)[0]) == 0:
+@dataclass
+class _Sweeper:
+    """What every model of a sweep sees: the rows, the split, the options, and the work the
+    default recipe shares across Ks (`shared`, filled by the first K's models)."""
+
+    frame: pd.DataFrame
+    train: pd.DataFrame
+    held: pd.DataFrame
+    seed: int
+    columns: Sequence[str] | None
+    exclude: Sequence[str]
+    options: dict
+    shared: dict
+
+    def fit(self, k: int, run_seed: int, say: Callable[[str], None] | None = None
+            ) -> tuple[float, int, np.ndarray]:
+        """(held-out ELBO, effective clusters, every row's cluster) of one model."""
+        model = GMVAE(k=k, seed=run_seed, restarts=1, **self.options)
+        model.fit(self.train, columns=self.columns, exclude=self.exclude,
+                  note=say or (lambda message: None), shared=self.shared)
+        if len(model.matrix(self.held)[0]) == 0:
             raise UserError("every held-out row was dropped as missing; use --missing mean")
-        elbos.append(model.score(held, seed=seed)["elbo"])
-        assigned = model.predict(frame)  # all rows, so every restart is compared on the same rows
-        effective.append(model.effective_clusters(np.bincount(assigned, minlength=k)))
-        labels.append(assigned)
-        reporter.update(1, f"K={k} seed {run_seed}: held-out ELBO {elbos[-1]:.2f}")
+        elbo = float(model.score(self.held, seed=self.seed)["elbo"])
+        assigned = model.predict(self.frame)  # all rows: every restart is compared on them
+        return elbo, int(model.effective_clusters(np.bincount(assigned, minlength=k))), assigned
+
+
+def _result(k: int, seeds: list[int], measured: dict) -> KResult:
+    elbos, effective, labels = zip(*(measured[k, s] for s in seeds))
     pairs = list(itertools.combinations(labels, 2))
     stability = float(np.mean([clustering.adjusted_rand(a, b) for a, b in pairs])) if pairs else None
-    return KResult(k, seeds, [float(e) for e in elbos], [int(e) for e in effective], stability)
+    return KResult(k, seeds, list(elbos), list(effective), stability)
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run the block on `n` torch threads: the fits after the first K always run on one,
+    here or in a worker, so their results never depend on --workers."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def worker_count(asked: int | None, options: dict, fits: int) -> int:
+    """Processes for `fits` models. Small models are bound by per-step overhead, not
+    arithmetic: on 2 cores two one-thread fits side by side each ran as fast as one fit on
+    both cores (docs/speed.md). A GPU runs them in this process; without fork (macOS,
+    Windows) so do the CPU's, as a spawned worker would import everything again."""
+    if fits < 2:
+        return 1
+    device = devices.resolve(options.get("device", "auto"))
+    if device.type != "cpu" or "fork" not in mp.get_all_start_methods():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(asked or cores or 1, fits))
+
+
+_WORKER_JOB: _Sweeper | None = None  # set in each worker process by _start_worker
+
+
+def _quiet_child() -> None:
+    """Ctrl-C is the parent's to handle; its terminate ends a helper process silently (the
+    CLI turns SIGTERM into KeyboardInterrupt for itself, and a fork inherits that)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _start_worker(job: _Sweeper) -> None:
+    global _WORKER_JOB
+    _WORKER_JOB = job
+    torch.set_num_threads(1)
+    _quiet_child()
+
+
+def _fit_in_worker(fit: tuple[int, int]) -> tuple[int, int, tuple[float, int, np.ndarray]]:
+    k, run_seed = fit
+    return k, run_seed, _WORKER_JOB.fit(k, run_seed)
+
+
+def _in_parallel(job: _Sweeper, fits: list[tuple[int, int]], workers: int | None):
+    """(K, seed, result) of each fit as it finishes. Forked workers inherit `job` (the
+    rows and the shared work) without copying. What a fit adds to the warm start's memo (a
+    seed's graph embedding, a mixture) goes to a dict every worker reads, so a later K
+    reuses it whichever worker built it."""
+    count = worker_count(workers, job.options, len(fits))
+    if count == 1:
+        for k, run_seed in fits:
+            yield k, run_seed, job.fit(k, run_seed)
+        return
+    fork = mp.get_context("fork")
+    manager = SyncManager(ctx=fork)
+    manager.start(_quiet_child)
+    with manager:
+        if "memo" in job.shared:
+            memo = manager.dict(job.shared["memo"])
+            job.shared["memo"] = memo
+            for entry in job.shared.values():
+                spaces = entry.get("spaces") if isinstance(entry, dict) else None
+                if spaces is not None and spaces.memo is not None:
+                    spaces.memo = memo
+        with fork.Pool(count, _start_worker, (job,)) as pool:  # on leaving: terminate
+            yield from pool.imap_unordered(_fit_in_worker, fits)
 
 
 def _plain(value):
@@ -304,18 +413,20 @@ def plot(sweep: Sweep, path: str) -> None:
 
 def run(data: str, k_range: str, restarts: int, holdout: float, as_json: bool,
         plot_path: str | None, columns: str | None, exclude: str | None, fmt: str | None,
-        key: str | None, quiet: bool, **options) -> None:
+        key: str | None, quiet: bool, workers: int | None = None, **options) -> None:
     """`gmvae select-k` (cli.py has its options); `options` are GMVAE's."""
     ks = parse_k_range(k_range)
     if plot_path is not None:
         plots.check_png(plot_path, "--plot")  # before minutes of training, not after
     GMVAE(k=ks[0], **options)  # every option is checked before the data is read
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
     frame = read_table(data, fmt, key)
     say = (lambda s: None) if quiet else note
     with Reporter(quiet) as reporter:
         sweep = select_k(
             frame, ks, restarts=restarts, holdout=holdout, columns=parse_list(columns) or None,
-            exclude=parse_list(exclude), reporter=reporter, note=say, **options,
+            exclude=parse_list(exclude), reporter=reporter, note=say, workers=workers, **options,
         )
     if as_json:
         import json
