@@ -30,8 +30,9 @@ import math
 import multiprocessing as mp
 import os
 import signal
+import sys
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from multiprocessing.managers import SyncManager
 
@@ -198,9 +199,8 @@ def select_k(
         for run_seed in seeds:  # the notes about the columns once, not once per model
             done(ks[0], run_seed, job.fit(ks[0], run_seed, note if run_seed == seed else None))
         rest = [(k, run_seed) for k in ks[1:] for run_seed in seeds]
-        with torch_threads(1):
-            for k, run_seed, fit in _in_parallel(job, rest, workers):
-                done(k, run_seed, fit)
+        for k, run_seed, fit in _in_parallel(job, rest, workers):
+            done(k, run_seed, fit)
     except KeyboardInterrupt:
         interrupted = True  # keep what finished; the caller reports it and exits 130
     results = [_result(k, seeds, measured) for k in ks
@@ -249,8 +249,7 @@ def _result(k: int, seeds: list[int], measured: dict) -> KResult:
 
 @contextmanager
 def torch_threads(n: int):
-    """Run the block on `n` torch threads: the fits after the first K always run on one,
-    here or in a worker, so their results never depend on --workers."""
+    """Run the block on `n` torch threads."""
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -262,15 +261,17 @@ def torch_threads(n: int):
 def worker_count(asked: int | None, options: dict, fits: int) -> int:
     """Processes for `fits` models. Small models are bound by per-step overhead, not
     arithmetic: on 2 cores two one-thread fits side by side each ran as fast as one fit on
-    both cores (docs/speed.md). A GPU runs them in this process; without fork (macOS,
-    Windows) so do the CPU's, as a spawned worker would import everything again."""
-    if fits < 2:
-        return 1
-    device = devices.resolve(options.get("device", "auto"))
-    if device.type != "cpu" or "fork" not in mp.get_all_start_methods():
+    both cores (docs/speed.md). A GPU runs them in this process; so does the CPU outside
+    Linux, where forking a process that holds torch is not safe (macOS) or possible
+    (Windows), and a spawned worker would import everything again."""
+    if fits < 2 or not on_cpu(options) or not sys.platform.startswith("linux"):
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(asked or cores or 1, fits))
+
+
+def on_cpu(options: dict) -> bool:
+    return devices.resolve(options.get("device", "auto")).type == "cpu"
 
 
 _WORKER_JOB: _Sweeper | None = None  # set in each worker process by _start_worker
@@ -302,8 +303,11 @@ def _in_parallel(job: _Sweeper, fits: list[tuple[int, int]], workers: int | None
     reuses it whichever worker built it."""
     count = worker_count(workers, job.options, len(fits))
     if count == 1:
-        for k, run_seed in fits:
-            yield k, run_seed, job.fit(k, run_seed)
+        # On the CPU these fits run on one thread as a worker's do: the sweep's result does
+        # not depend on --workers.
+        with torch_threads(1) if on_cpu(job.options) else nullcontext():
+            for k, run_seed in fits:
+                yield k, run_seed, job.fit(k, run_seed)
         return
     fork = mp.get_context("fork")
     manager = SyncManager(ctx=fork)
