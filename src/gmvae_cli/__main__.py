@@ -2,4 +2,5 @@
 
 from gmvae_cli.cli import main
 
-main()
+if __name__ == "__main__":  # select-k's workers import the main module again (select_k.py)
+    main()

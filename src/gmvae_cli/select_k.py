@@ -34,6 +34,7 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
+from multiprocessing import forkserver
 from multiprocessing.managers import SyncManager
 
 import numpy as np
@@ -151,7 +152,7 @@ def select_k(
     exclude: Sequence[str] = (),
     reporter: Reporter | None = None,
     note: Callable[[str], None] = lambda s: None,
-    workers: int | None = None,
+    workers: int | None = 1,
     **options,
 ) -> Sweep:
     """Train `restarts` models per K in `ks` and recommend a K (see the module doc).
@@ -159,8 +160,10 @@ def select_k(
     `options` are GMVAE's training options (hidden, x_dim, recipe, epochs, batch_size, …);
     each model gets seed `seed + restart`. The first K's models train here and build what
     every K shares; the others train in `workers` processes side by side (None: one per CPU
-    core; 1 on a GPU), each on one torch thread, so the sweep's result does not depend on
-    how many there are. Ctrl-C stops the sweep: the Ks finished so far are kept, the result
+    core; always 1 on a GPU), each on one torch thread, so the sweep's result does not
+    depend on how many there are. Workers import the calling script again, as
+    multiprocessing's do: a script that passes workers other than 1 keeps its own work
+    under `if __name__ == "__main__":`. Ctrl-C stops the sweep: the Ks finished so far are kept, the result
     says `interrupted`, and the recommendation uses what finished.
     """
     ks = sorted(dict.fromkeys(int(k) for k in ks))
@@ -194,12 +197,14 @@ def select_k(
         measured[k, run_seed] = fit
         reporter.update(1, f"K={k} seed {run_seed}: held-out ELBO {fit[0]:.2f}")
 
+    rest = [(k, run_seed) for k in ks[1:] for run_seed in seeds]
+    count = worker_count(workers, options, len(rest))
+    context = _workers_context() if count > 1 else None
     interrupted = False
     try:
         for run_seed in seeds:  # the notes about the columns once, not once per model
             done(ks[0], run_seed, job.fit(ks[0], run_seed, note if run_seed == seed else None))
-        rest = [(k, run_seed) for k in ks[1:] for run_seed in seeds]
-        for k, run_seed, fit in _in_parallel(job, rest, workers):
+        for k, run_seed, fit in _in_parallel(job, rest, count, context):
             done(k, run_seed, fit)
     except KeyboardInterrupt:
         interrupted = True  # keep what finished; the caller reports it and exits 130
@@ -259,11 +264,11 @@ def torch_threads(n: int):
 
 
 def worker_count(asked: int | None, options: dict, fits: int) -> int:
-    """Processes for `fits` models. Small models are bound by per-step overhead, not
-    arithmetic: on 2 cores two one-thread fits side by side each ran as fast as one fit on
-    both cores (docs/speed.md). A GPU runs them in this process; so does the CPU outside
-    Linux, where forking a process that holds torch is not safe (macOS) or possible
-    (Windows), and a spawned worker would import everything again."""
+    """Processes for `fits` models (`asked` None: one per CPU core). Small models are bound
+    by per-step overhead, not arithmetic: on 2 cores two one-thread fits side by side each
+    ran as fast as one fit on both cores (docs/choosing-k.md). A GPU runs them in this
+    process; so does the CPU outside Linux (no forkserver on Windows, and forking a process
+    that holds torch is not safe on macOS)."""
     if fits < 2 or not on_cpu(options) or not sys.platform.startswith("linux"):
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -274,12 +279,22 @@ def on_cpu(options: dict) -> bool:
     return devices.resolve(options.get("device", "auto")).type == "cpu"
 
 
+def _workers_context():
+    """Workers come from a fork server that has imported this module and never trained:
+    a process forked after its autograd engine has run cannot run backward (torch refuses
+    it where CUDA is visible), and a spawned worker would import torch again. Started
+    before the first K's models, the server's imports overlap their training."""
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    forkserver.ensure_running()
+    return context
+
+
 _WORKER_JOB: _Sweeper | None = None  # set in each worker process by _start_worker
 
 
 def _quiet_child() -> None:
-    """Ctrl-C is the parent's to handle; its terminate ends a helper process silently (the
-    CLI turns SIGTERM into KeyboardInterrupt for itself, and a fork inherits that)."""
+    """Ctrl-C is the parent's to handle; its terminate ends a helper process silently."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
@@ -296,12 +311,10 @@ def _fit_in_worker(fit: tuple[int, int]) -> tuple[int, int, tuple[float, int, np
     return k, run_seed, _WORKER_JOB.fit(k, run_seed)
 
 
-def _in_parallel(job: _Sweeper, fits: list[tuple[int, int]], workers: int | None):
-    """(K, seed, result) of each fit as it finishes. Forked workers inherit `job` (the
-    rows and the shared work) without copying. What a fit adds to the warm start's memo (a
-    seed's graph embedding, a mixture) goes to a dict every worker reads, so a later K
-    reuses it whichever worker built it."""
-    count = worker_count(workers, job.options, len(fits))
+def _in_parallel(job: _Sweeper, fits: list[tuple[int, int]], count: int, context):
+    """(K, seed, result) of each fit as it finishes, from `count` worker processes. What a
+    fit adds to the warm start's memo (a seed's graph embedding, a mixture) goes to a dict
+    every worker reads, so a later K reuses it whichever worker built it."""
     if count == 1:
         # On the CPU these fits run on one thread as a worker's do: the sweep's result does
         # not depend on --workers.
@@ -309,8 +322,7 @@ def _in_parallel(job: _Sweeper, fits: list[tuple[int, int]], workers: int | None
             for k, run_seed in fits:
                 yield k, run_seed, job.fit(k, run_seed)
         return
-    fork = mp.get_context("fork")
-    manager = SyncManager(ctx=fork)
+    manager = SyncManager(ctx=context)
     manager.start(_quiet_child)
     with manager:
         if "memo" in job.shared:
@@ -320,7 +332,7 @@ def _in_parallel(job: _Sweeper, fits: list[tuple[int, int]], workers: int | None
                 spaces = entry.get("spaces") if isinstance(entry, dict) else None
                 if spaces is not None and spaces.memo is not None:
                     spaces.memo = memo
-        with fork.Pool(count, _start_worker, (job,)) as pool:  # on leaving: terminate
+        with context.Pool(count, _start_worker, (job,)) as pool:  # on leaving: terminate
             yield from pool.imap_unordered(_fit_in_worker, fits)
 
 
