@@ -163,8 +163,8 @@ def select_k(
     core; always 1 on a GPU), each on one torch thread, so the sweep's result does not
     depend on how many there are. Workers import the calling script again, as
     multiprocessing's do: a script that passes workers other than 1 keeps its own work
-    under `if __name__ == "__main__":`. Ctrl-C stops the sweep: the Ks finished so far are kept, the result
-    says `interrupted`, and the recommendation uses what finished.
+    under `if __name__ == "__main__":`. Ctrl-C stops the sweep: the Ks finished so far are
+    kept, the result says `interrupted`, and the recommendation uses what finished.
     """
     ks = sorted(dict.fromkeys(int(k) for k in ks))
     if not ks or ks[0] < 2:
@@ -173,8 +173,7 @@ def select_k(
         raise UserError(f"--restarts must be at least 1, got {restarts}")
     if not 0 < holdout < 1:
         raise UserError(f"--holdout must be between 0 and 1 (a share of the rows), got {holdout}")
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
+    check_workers(workers)
     GMVAE(k=ks[0], **options)  # validates every option before any training starts
     frame = as_frame(table)
     n_held = round(len(frame) * holdout)
@@ -263,20 +262,27 @@ def torch_threads(n: int):
         torch.set_num_threads(before)
 
 
+def check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+
+
 def worker_count(asked: int | None, options: dict, fits: int) -> int:
     """Processes for `fits` models (`asked` None: one per CPU core). Small models are bound
     by per-step overhead, not arithmetic: on 2 cores two one-thread fits side by side each
-    ran as fast as one fit on both cores (docs/choosing-k.md). A GPU runs them in this
-    process; so does the CPU outside Linux (no forkserver on Windows, and forking a process
-    that holds torch is not safe on macOS)."""
-    if fits < 2 or not on_cpu(options) or not sys.platform.startswith("linux"):
+    ran as fast as one fit on both cores (docs/choosing-k.md)."""
+    if fits < 2 or not can_fork_workers(options):
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(asked or cores or 1, fits))
 
 
-def on_cpu(options: dict) -> bool:
-    return devices.resolve(options.get("device", "auto")).type == "cpu"
+def can_fork_workers(options: dict) -> bool:
+    """Training on Linux's CPU. A GPU runs the fits in this process, and so does the CPU
+    elsewhere: Windows has no fork server, and forking a process that holds torch is not
+    safe on macOS."""
+    on_cpu = devices.resolve(options.get("device", "auto")).type == "cpu"
+    return on_cpu and sys.platform.startswith("linux")
 
 
 def _workers_context():
@@ -316,9 +322,9 @@ def _in_parallel(job: _Sweeper, fits: list[tuple[int, int]], count: int, context
     fit adds to the warm start's memo (a seed's graph embedding, a mixture) goes to a dict
     every worker reads, so a later K reuses it whichever worker built it."""
     if count == 1:
-        # On the CPU these fits run on one thread as a worker's do: the sweep's result does
-        # not depend on --workers.
-        with torch_threads(1) if on_cpu(job.options) else nullcontext():
+        # Where workers could run, these fits run on one thread as a worker's do: the
+        # sweep's result does not depend on --workers.
+        with torch_threads(1) if can_fork_workers(job.options) else nullcontext():
             for k, run_seed in fits:
                 yield k, run_seed, job.fit(k, run_seed)
         return
@@ -435,8 +441,7 @@ def run(data: str, k_range: str, restarts: int, holdout: float, as_json: bool,
     if plot_path is not None:
         plots.check_png(plot_path, "--plot")  # before minutes of training, not after
     GMVAE(k=ks[0], **options)  # every option is checked before the data is read
-    if workers is not None and workers < 1:
-        raise UserError(f"--workers must be at least 1, got {workers}")
+    check_workers(workers)
     frame = read_table(data, fmt, key)
     say = (lambda s: None) if quiet else note
     with Reporter(quiet) as reporter:
