@@ -134,17 +134,17 @@ def test_guided_loss_reads_the_targets_of_the_batch_rows():
 
 def test_default_phases_and_rates():
     default = DefaultRecipe()
-    assert default.phases() == [Phase("guided", 20, 1e-3), Phase("elbo", 10, 1e-4)]
+    assert default.phases() == [Phase("guided", 10, 1e-3), Phase("elbo", 10, 1e-4)]
     assert default.warm.pretrain_epochs == 20 and default.warm.pretrain_lr == 1e-3
     # --lr sets the base rate; the plain-ELBO phase keeps its tenth of it.
-    assert DefaultRecipe(lr=0.01).phases() == [Phase("guided", 20, 0.01), Phase("elbo", 10, 0.001)]
+    assert DefaultRecipe(lr=0.01).phases() == [Phase("guided", 10, 0.01), Phase("elbo", 10, 0.001)]
     assert DefaultRecipe(lr=0.01).warm.pretrain_lr == 0.01
     assert PaperRecipe(epochs=7).phases() == [Phase("elbo", 7, 1e-3)]  # no warm start
 
 
 @pytest.mark.parametrize(
     ("epochs", "guided", "free", "pretrain"),
-    [(30, 20, 10, 20), (15, 10, 5, 10), (3, 2, 1, 2), (2, 1, 1, 1), (1, 1, 0, 1), (60, 40, 20, 40)],
+    [(20, 10, 10, 20), (15, 7, 8, 15), (3, 1, 2, 3), (2, 1, 1, 2), (1, 1, 0, 1), (60, 30, 30, 60)],
 )
 def test_epochs_option_scales_every_phase(epochs, guided, free, pretrain):
     """--epochs keeps the default recipe's proportions: short runs still end with plain-ELBO

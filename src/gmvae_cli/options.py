@@ -111,9 +111,9 @@ Data = Annotated[str, typer.Argument(help="Feature table: .csv (also .csv.gz), .
 Recipe = Annotated[str, typer.Option("--recipe", help="default (warm start + ELBO) or paper (the spec's ELBO alone).")]
 Epochs = Annotated[int | None, typer.Option(
     "--epochs",
-    help="GMVAE epochs (default: the recipe's: default 30 = 20 guided + 10 ELBO, after 20 "
+    help="GMVAE epochs (default: the recipe's: default 20 = 10 guided + 10 ELBO, after 20 "
     "of autoencoder pretraining; paper 50). The default recipe keeps its proportions: "
-    "--epochs 15 runs 10 guided, 5 ELBO and 10 pretraining epochs.",
+    "--epochs 10 runs 5 guided, 5 ELBO and 10 pretraining epochs.",
 )]
 LearningRate = Annotated[float | None, typer.Option(
     "--lr",
