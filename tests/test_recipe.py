@@ -38,7 +38,8 @@ def test_default_recipe_clusters_blobs_end_to_end(tmp_path):
     out = pd.read_csv(io.StringIO(run_cli("assign", model, data).stdout))
     assert adjusted_rand_score(labels, out["cluster"]) >= 0.9
     phases = [h["phase"] for h in torch.load(model, weights_only=True)["history"]]
-    assert phases == ["guided"] * DefaultRecipe.GUIDED_EPOCHS + ["elbo"] * DefaultRecipe.FREE_EPOCHS
+    # 1,000 rows are 8 batches: 13 epochs per phase reach DefaultRecipe.MIN_PHASE_STEPS (100).
+    assert phases == ["guided"] * 13 + ["elbo"] * 13
 
 
 def test_warm_start_initialises_the_prior_from_the_pseudo_clusters():
@@ -140,6 +141,19 @@ def test_default_phases_and_rates():
     assert DefaultRecipe(lr=0.01).phases() == [Phase("guided", 10, 0.01), Phase("elbo", 10, 0.001)]
     assert DefaultRecipe(lr=0.01).warm.pretrain_lr == 0.01
     assert PaperRecipe(epochs=7).phases() == [Phase("elbo", 7, 1e-3)]  # no warm start
+
+
+@pytest.mark.parametrize(("rows", "epochs"), [(120, 100), (150, 50), (1000, 13), (1280, 10),
+                                             (50_000, 10), (500_000, 1)])
+def test_default_phases_scale_with_the_table(rows, epochs):
+    """A small table's phases run at least MIN_PHASE_STEPS steps (120 rows: one per epoch);
+    past FULL_EPOCHS_ROWS rows they shorten to about the steps taken there."""
+    chosen = DefaultRecipe()
+    chosen.rows, chosen.batch_size = rows, 128
+    assert [(p.name, p.epochs) for p in chosen.phases()] == [("guided", epochs), ("elbo", epochs)]
+    given = DefaultRecipe(epochs=4)  # --epochs is taken as it is
+    given.rows, given.batch_size = rows, 128
+    assert [p.epochs for p in given.phases()] == [2, 2]
 
 
 @pytest.mark.parametrize(
