@@ -112,7 +112,7 @@ Recipe = Annotated[str, typer.Option("--recipe", help="default (warm start + ELB
 Epochs = Annotated[int | None, typer.Option(
     "--epochs",
     help="GMVAE epochs (default: the recipe's: default 20 = 10 guided + 10 ELBO, after 20 "
-    "of autoencoder pretraining; paper 50). The default recipe keeps its proportions: "
+    "of autoencoder pretraining, each phase at least 100 steps; paper 50). The default recipe keeps its proportions: "
     "--epochs 10 runs 5 guided, 5 ELBO and 10 pretraining epochs.",
 )]
 LearningRate = Annotated[float | None, typer.Option(
