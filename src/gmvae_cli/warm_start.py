@@ -325,13 +325,12 @@ def spaces(nets: list[GMVAENet], sample: torch.Tensor, seed: int, device: torch.
     graph_input, graph_rows = None, None
     if len(sample) >= settings.embed_min_rows:
         values = columns if graph_view is inputs else graph_view(sample, device).numpy()
-        first, graph_rows = distinct_rows(values)
+        first, rows = distinct_rows(values)
         if len(first) >= settings.embed_min_rows:
             graph_input = _pca(values if codes else values.astype(np.float64),
                                settings.graph_max_dims)
-            graph_input = graph_input if len(first) == len(values) else graph_input[first]
-    if graph_input is None or len(graph_input) == len(sample):
-        graph_rows = None
+            if len(first) < len(values):  # repeated rows: the graph joins each once
+                graph_input, graph_rows = graph_input[first], rows
     return Spaces(found, inputs, graph_view, graph_input, seeds, settings, codes, memo=memo,
                   graph_rows=graph_rows)
 
