@@ -83,6 +83,43 @@ def test_same_seed_same_responsibilities_and_restarts_matter():
     assert not np.array_equal(a, fitted(x, 5, 4))
 
 
+def test_modularity_of_two_triangles_joined_by_one_edge():
+    """Newman's Q by hand: 7 edges; each triangle holds 3 and a degree sum of 7, so the
+    triangles score 2 (3/7 - (7/14)^2) = 5/14; one cluster scores 0."""
+    import scipy.sparse as sp
+
+    edges = [(0, 1), (0, 2), (1, 2), (3, 4), (3, 5), (4, 5), (2, 3)]
+    rows, cols = zip(*edges)
+    graph = sp.coo_matrix((np.ones(14), (rows + cols, cols + rows)), shape=(6, 6))
+    labels = torch.tensor([[0, 0, 0, 1, 1, 1], [0, 0, 0, 0, 0, 0], [0, 0, 1, 2, 2, 2]])
+    q = clustering.modularity(graph, labels, 3).numpy()
+    # third: {0,1} holds 1 edge, degrees 4; {2} none, 3; {3,4,5} 3 edges, 7
+    third = (1 / 7 - (4 / 14) ** 2) + (0 - (3 / 14) ** 2) + (3 / 7 - (7 / 14) ** 2)
+    np.testing.assert_allclose(q, [5 / 14, 0.0, third], atol=1e-12)
+
+
+def test_a_score_picks_the_restart_instead_of_the_likelihood():
+    """Uniform noise has many local optima: each score ranking picks its own restart, and
+    the mixture kept is that restart's."""
+    x = np.random.default_rng(0).uniform(size=(400, 2))
+    seen = []
+
+    def score(labels):
+        seen.append(labels.clone())
+        return torch.arange(len(labels), dtype=torch.float64) * direction
+
+    picked = []
+    for direction in (1.0, -1.0):
+        seen.clear()
+        labels = clustering.mixture_by_bic(x, 6, 0, covariances=("full",), score=score).resp.argmax(1)
+        chosen = seen[0][-1] if direction > 0 else seen[0][0]
+        np.testing.assert_array_equal(labels, chosen.numpy())
+        picked.append(labels)
+    assert adjusted_rand_score(*picked) < 1.0
+    by_likelihood = fitted(x, 6, 0)
+    assert not all(np.array_equal(by_likelihood.argmax(1), p) for p in picked)
+
+
 def test_pca_spans_scikit_learns_components():
     x = np.random.default_rng(2).normal(size=(300, 8)) @ np.random.default_rng(3).normal(size=(8, 8))
     ours = clustering.pca(x, 3)

@@ -379,8 +379,36 @@ def test_off_codes_the_graph_ways_clusters_come_from_both_embeddings_joined():
     resp, _, found = warm_start.pseudo_clusters(net, data, spaces, CPU, {}, settings)
     assert found["chosen"] == "graph" and found["joined"]
     joined = clustering.mixture_by_bic(np.hstack(spaces.graph({})).astype(np.float64), 2, 0,
-                                       SMALL.gmm_inits, ("full",))
+                                       SMALL.gmm_inits, ("full",), spaces._graph_score(2, {}))
     np.testing.assert_array_equal(resp.numpy(), joined.resp.astype(np.float32))
+
+
+def test_the_joint_mixture_keeps_the_restart_of_highest_modularity(monkeypatch):
+    """Of the joint mixture's restarts the one whose clusters best fit the neighbour graph
+    is kept (scored on the distinct rows: copies count once), whatever its likelihood; the
+    two runs whose agreement is the graph's stability keep the likeliest."""
+    rng = np.random.default_rng(1)
+    values = np.vstack([rng.normal(size=(240, 4)), np.repeat(rng.normal(size=(1, 4)), 30, 0)])
+    data = torch.tensor(values, dtype=torch.float32)
+    net = GMVAENet(ModelConfig(input_dim=4, k=4, hidden=(16,)))
+    spaces = warm_start.spaces([net], data, 0, CPU, {}, SMALL)
+    scored = []
+    real = clustering.modularity
+
+    def recording(graph, labels, k):
+        scored.append((labels.clone(), real(graph, labels, k)))
+        return scored[-1][1]
+
+    monkeypatch.setattr(clustering, "modularity", recording)
+    spaces.runs("graph", 4, {})
+    assert not scored
+    chosen = spaces.joint(4, {}).resp.argmax(1)
+    (labels, modularity), = scored
+    assert labels.shape == (SMALL.gmm_inits, len(spaces.graph_input))
+    assert len(spaces.graph_input) < len(values)
+    first = np.unique(spaces.graph_rows, return_index=True)[1]
+    np.testing.assert_array_equal(chosen[first], labels[int(modularity.argmax())].numpy())
+    assert len(set(modularity.tolist())) > 1  # the restarts differ: the choice mattered
 
 
 @pytest.mark.parametrize("min_width, epochs", [(5, 200), (50, None)])
@@ -418,7 +446,7 @@ def test_the_graph_joins_distinct_rows_and_copies_share_their_place(monkeypatch)
     embedded = []
     real = neighbour_embedding.embed
     monkeypatch.setattr(neighbour_embedding, "embed",
-                        lambda graph, **kw: embedded.append(len(graph)) or real(graph, **kw))
+                        lambda rows, **kw: embedded.append(len(rows)) or real(rows, **kw))
     spaces = warm_start.spaces([net], data, 0, CPU, {}, SMALL)
     layouts = spaces.graph({})
     unique = len(np.unique(distinct, axis=0))

@@ -11,10 +11,14 @@ PCA on the covariance matrix), so they find the same optima; tests compare them.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    import scipy.sparse as sp
 
 # scikit-learn's covariance types: one matrix per component, one shared by all, axis-aligned
 # variances per component, one variance per component.
@@ -27,18 +31,20 @@ class Mixture(NamedTuple):
 
 
 def mixture_by_bic(x: np.ndarray, k: int, seed: int, inits: int = 10,
-                   covariances: tuple[str, ...] = COVARIANCES) -> Mixture:
+                   covariances: tuple[str, ...] = COVARIANCES,
+                   score: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Mixture:
     """The mixture of lowest BIC among the covariance types, each the best of the same
     `inits` k-means starts (as scikit-learn starts every type). Choosing the covariance
     structure by BIC is model-based clustering's standard (mclust): a full covariance per
     component needs many rows per dimension, and where they are lacking BIC prefers a
-    shared or axis-aligned one."""
+    shared or axis-aligned one. `score` ((inits, n) hard labels -> (inits,), higher is
+    better) picks the best start instead of the likelihood."""
     data = _tensor(x)
     labels = kmeans(data, k, inits, torch.Generator().manual_seed(seed))
     n, width = data.shape
     best = None
     for covariance in covariances:
-        resp, log_likelihood = _em(data, k, labels, covariance)
+        resp, log_likelihood = _em(data, k, labels, covariance, score)
         bic = -2 * log_likelihood * n + parameters(covariance, k, width) * math.log(n)
         if best is None or bic < best[0]:
             best = (bic, Mixture(resp, covariance))
@@ -58,9 +64,10 @@ def _tensor(x: np.ndarray) -> torch.Tensor:
 
 
 def _em(data: torch.Tensor, k: int, labels: torch.Tensor, covariance: str,
-        reg_covar: float = 1e-4, tol: float = 1e-3, max_iter: int = 100) -> tuple[np.ndarray, float]:
+        score: Callable[[torch.Tensor], torch.Tensor] | None = None, reg_covar: float = 1e-4,
+        tol: float = 1e-3, max_iter: int = 100) -> tuple[np.ndarray, float]:
     """EM from each restart's k-means labels (B, n); the best restart's (n, k)
-    responsibilities and mean log-likelihood."""
+    responsibilities and mean log-likelihood, best by likelihood or by `score`."""
     inits, outer = len(labels), _outer(data)
     params = list(_m_step(data, torch.nn.functional.one_hot(labels, k).double(), reg_covar,
                           covariance, outer))
@@ -75,7 +82,11 @@ def _em(data: torch.Tensor, k: int, labels: torch.Tensor, covariance: str,
         active = active[~(change.abs() < tol)]
         if not len(active):
             break
-    best = int(torch.nan_to_num(lower, nan=-math.inf).argmax())
+    if score is None:
+        best = int(torch.nan_to_num(lower, nan=-math.inf).argmax())
+    else:
+        _, log_resp = _e_step(data, params, outer)
+        best = int(score(log_resp.argmax(-1)).argmax())  # the first of equals, as argmax
     norm, log_resp = _e_step(data, [p[best : best + 1] for p in params], outer)
     return log_resp[0].exp().numpy(), float(norm[0])
 
@@ -187,6 +198,24 @@ def pca(values: np.ndarray, dims: int) -> np.ndarray:
     centred = data - data.mean(0)
     _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
     return (centred @ vectors[:, -dims:].flip(1)).numpy()
+
+
+def modularity(graph: sp.spmatrix, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Newman's modularity of each partition (B, n) of a weighted undirected graph (n, n):
+    the share of edge weight inside clusters minus its expectation at the same degrees,
+    (B,). The criterion graph clustering maximises (Louvain, Leiden: scanpy clusters
+    single-cell neighbour graphs by it)."""
+    edges = graph.tocoo()
+    edges.sum_duplicates()
+    weights = torch.from_numpy(edges.data.astype(np.float64))  # (E,) both directions
+    total = weights.sum()
+    degree = torch.from_numpy(np.asarray(edges.sum(1), dtype=np.float64).ravel())  # (n,)
+    rows, cols = (torch.from_numpy(ends.astype(np.int64)) for ends in (edges.row, edges.col))
+    inside = labels[:, rows] == labels[:, cols]  # (B, E)
+    within = (inside * weights).sum(1)  # (B,)
+    per_cluster = torch.zeros(len(labels), k, dtype=degree.dtype).scatter_add_(
+        1, labels, degree.expand(len(labels), -1))  # (B, k) degree per cluster
+    return within / total - (per_cluster / total).pow(2).sum(1)
 
 
 def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:

@@ -140,18 +140,21 @@ def layout(y, head, tail, eps, n_epochs, gen, neg_rate=5, lr=1.0, clip=4.0, chun
 
 def embed(x: np.ndarray | None, dims: int = 5, n_neighbors: int = 20, seed: int = 0,
           epochs: int | None = None, device: str = "cpu", knn=None, init: str = "spectral",
-          **layout_kw) -> np.ndarray:
+          graph: sp.coo_matrix | None = None, **layout_kw) -> np.ndarray:
     """UMAP(n_components=dims, n_neighbors, min_dist=0) of the rows of x: (n, dims) float32.
-    knn: optional precomputed (indices, distances), (n, >=n_neighbors), self first."""
+    knn: optional precomputed (indices, distances), (n, >=n_neighbors), self first;
+    graph: optional precomputed fuzzy_graph of them (left unchanged)."""
     dev = torch.device(device)
-    if knn is None:
+    if graph is not None:
+        g = graph.copy()
+    elif knn is None:
         xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=dev)
-        idx, dist = exact_knn(xt, n_neighbors)
+        g = fuzzy_graph(*exact_knn(xt, n_neighbors))
     else:
         idx = torch.as_tensor(np.asarray(knn[0])[:, :n_neighbors], dtype=torch.int64, device=dev)
         dist = torch.as_tensor(np.asarray(knn[1])[:, :n_neighbors], dtype=torch.float32, device=dev)
-    n = len(idx)
-    g = fuzzy_graph(idx, dist)
+        g = fuzzy_graph(idx, dist)
+    n = g.shape[0]
     n_epochs = epochs or (500 if n <= 10_000 else 200)
     g.data[g.data < g.data.max() / n_epochs] = 0.0  # edges sampled < once are dropped, as umap
     g.eliminate_zeros()

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import nn
 
@@ -251,6 +252,22 @@ class Spaces:
     memo: dict | None = None
     # Each sample row's row in graph_input, where the sample repeats rows (None: it does not).
     graph_rows: np.ndarray | None = None
+    fuzzy: sp.coo_matrix | None = None  # the neighbour graph, once built (neighbours)
+
+    def neighbours(self, timings: dict[str, float]) -> sp.coo_matrix:
+        """UMAP's fuzzy neighbour graph of graph_input's rows: each seed's layout embeds it,
+        and it picks the joint mixture among its restarts (_graph_score)."""
+        if self.fuzzy is None:
+            memo = self.memo if self._shares("graph") else {}
+            if "neighbours" not in memo:
+                timed = time.perf_counter()
+                rows = torch.from_numpy(self.graph_input.astype(np.float32))
+                knn = neighbour_embedding.exact_knn(
+                    rows, min(self.settings.embed_neighbours, len(rows) - 1))
+                memo["neighbours"] = neighbour_embedding.fuzzy_graph(*knn)
+                _add(timings, "neighbours", timed)
+            self.fuzzy = memo["neighbours"]
+        return self.fuzzy
 
     def graph(self, timings: dict[str, float]) -> list[np.ndarray]:
         """The neighbour-graph embedding, per seed (empty for tiny samples)."""
@@ -258,16 +275,11 @@ class Spaces:
             return []
         if self.embeddings is None:
             memo = self.memo if self._shares("graph") else {}
-            missing = [s for s in self.seeds if ("embedding", s) not in memo]
-            if missing:
-                timed = time.perf_counter()
-                graph = torch.from_numpy(self.graph_input.astype(np.float32))
-                knn = neighbour_embedding.exact_knn(
-                    graph, min(self.settings.embed_neighbours, len(graph) - 1))
-                _add(timings, "neighbours", timed)
-                epochs = self.settings.codes_embed_epochs if self.on_codes else None
-                for s in missing:
-                    layout = _embedding(self.graph_input, knn, s, self.settings, timings, epochs)
+            epochs = self.settings.codes_embed_epochs if self.on_codes else None
+            for s in self.seeds:
+                if ("embedding", s) not in memo:
+                    layout = _embedding(self.graph_input, self.neighbours(timings), s,
+                                        self.settings, timings, epochs)
                     memo["embedding", s] = layout if self.graph_rows is None else \
                         layout[self.graph_rows]  # a repeated row sits where its copies do
             self.embeddings = [memo["embedding", s] for s in self.seeds]
@@ -286,13 +298,30 @@ class Spaces:
     def joint(self, k: int, timings: dict[str, float]) -> clustering.Mixture:
         """The mixture on the seeds' graph embeddings side by side: each seed's layout tears
         and bends the graph its own way, and a mixture on both keeps what they share
-        (docs/model.md has what it bought)."""
+        (docs/model.md has what it bought). Of its restarts the one whose clusters fit the
+        neighbour graph best is kept (_graph_score)."""
         memo = self.memo if self._shares("graph") else {}
         key = ("joint", k, *self.seeds)
         if key not in memo:
             joined = np.hstack(self.graph(timings)).astype(np.float64)
-            memo[key] = _mixture(joined, k, self.seeds[0], self.settings, timings, ("full",))
+            memo[key] = _mixture(joined, k, self.seeds[0], self.settings, timings, ("full",),
+                                 self._graph_score(k, timings))
         return memo[key]
+
+    def _graph_score(self, k: int, timings: dict[str, float]) -> Callable:
+        """How the joint mixture picks among its restarts: by the modularity of its clusters
+        in the neighbour graph, not by its likelihood in the layouts, which only draw the
+        graph. On digits the likeliest of 10 restarts often merged two digits and split a
+        third, and the graph's own communities did not (docs/model.md).
+        Not for the two runs whose agreement is the graph way's stability: both seeds share
+        the graph, so restarts picked by it agree even where the graph has no K clusters
+        (iris), and the graph would win over the columns where they are the better way."""
+        graph = self.neighbours(timings)
+        # each distinct row's first copy among the sample rows
+        first = None if self.graph_rows is None else \
+            torch.from_numpy(np.unique(self.graph_rows, return_index=True)[1])
+        return lambda labels: clustering.modularity(
+            graph, labels if first is None else labels[:, first], k)
 
     def _shares(self, way: str) -> bool:
         """The columns' spaces depend on the rows and a seed only; a graph of autoencoder
@@ -443,22 +472,22 @@ def _pca(values: np.ndarray, dims: int) -> np.ndarray:
     return values if values.shape[1] <= dims else clustering.pca(values, dims)
 
 
-def _embedding(graph: np.ndarray, knn, seed: int, settings: WarmStartSettings,
+def _embedding(rows: np.ndarray, graph: sp.coo_matrix, seed: int, settings: WarmStartSettings,
                timings: dict[str, float], epochs: int | None = None) -> np.ndarray:
     timed = time.perf_counter()
-    emb = neighbour_embedding.embed(graph, dims=settings.embed_dims,
-                                    n_neighbors=knn[0].shape[1], seed=seed, epochs=epochs,
-                                    knn=(knn[0].numpy(), knn[1].numpy()))
+    emb = neighbour_embedding.embed(rows, dims=settings.embed_dims, seed=seed, epochs=epochs,
+                                    graph=graph)
     _add(timings, "embedding", timed)
     return emb
 
 
 def _mixture(space: np.ndarray, k: int, seed: int, settings: WarmStartSettings,
-             timings: dict[str, float], covariances: tuple[str, ...] = ("full",)) -> clustering.Mixture:
-    """A GMM, best of settings.gmm_inits k-means starts, of the covariance type (among
-    `covariances`) of lowest BIC."""
+             timings: dict[str, float], covariances: tuple[str, ...] = ("full",),
+             score: Callable | None = None) -> clustering.Mixture:
+    """A GMM, best of settings.gmm_inits k-means starts (by likelihood, or `score`), of the
+    covariance type (among `covariances`) of lowest BIC."""
     timed = time.perf_counter()
-    found = clustering.mixture_by_bic(space, k, seed, settings.gmm_inits, covariances)
+    found = clustering.mixture_by_bic(space, k, seed, settings.gmm_inits, covariances, score)
     _add(timings, "mixture", timed)
     return found
 
