@@ -104,7 +104,7 @@ def pca_init(x: np.ndarray, dims: int) -> np.ndarray:
     return xc @ vt[:dims].T  # (n, dims)
 
 
-def layout(y, head, tail, eps, n_epochs, gen, neg_rate=5, lr=1.0, clip=4.0, chunks=1, node_clip=None):
+def layout(y, head, tail, eps, n_epochs, gen, neg_rate=5, lr=1.0, clip=4.0):
     """UMAP's SGD, full-batch per epoch. y: (n, d) start; head, tail: (E,) directed edges (both
     directions present); eps: (E,) epochs between samples of each edge (umap's epochs_per_sample)."""
     yt = y.T.contiguous()  # (d, n): gathers and scatters then run along contiguous rows
@@ -114,58 +114,44 @@ def layout(y, head, tail, eps, n_epochs, gen, neg_rate=5, lr=1.0, clip=4.0, chun
         alpha = lr * (1.0 - epoch / n_epochs)
         due = torch.nonzero(next_at <= epoch).squeeze(1)  # (m,)
         next_at[due] += eps[due]
-        if chunks > 1:  # random split of the due edges into sequential sub-steps
-            due = due[torch.randperm(len(due), generator=gen, device=due.device)]
-        for part in due.tensor_split(chunks):
-            m = len(part)
-            h, t = head[part], tail[part]  # (m,)
-            # negative samples: neg_rate uniform random nodes per due edge repel its head only
-            hn = h.repeat(neg_rate)  # (m*neg,)
-            kn = torch.randint(n, hn.shape, generator=gen, device=h.device)  # (m*neg,)
-            src, dst = torch.cat([h, hn]), torch.cat([t, kn])  # (M,) = m positive + m*neg negative
-            diff = yt.index_select(1, src) - yt.index_select(1, dst)  # (d, M)
-            d2 = diff.square().sum(0)  # (M,)
-            pb = d2.pow(B)  # (M,)
-            coef = 2 * B / ((1e-3 + d2) * (A * pb + 1))  # (M,) repulsive; 0 * diff when d2 = 0
-            att = -2 * A * B * pb[:m] / (d2[:m] * (A * pb[:m] + 1))  # (m,) attractive
-            coef[:m] = torch.where(d2[:m] > 0, att, 0.0)
-            g = diff.mul_(coef).clamp_(-clip, clip)  # (d, M), umap's per-coordinate clip
-            step = torch.zeros_like(yt).index_add_(1, src, g)  # (d, n)
-            step.index_add_(1, t, g[:, :m], alpha=-1.0)  # the tail moves too (move_other)
-            if node_clip is not None:
-                step.clamp_(-node_clip, node_clip)
-            yt.add_(step, alpha=alpha)
+        m = len(due)
+        h, t = head[due], tail[due]  # (m,)
+        # negative samples: neg_rate uniform random nodes per due edge repel its head only
+        hn = h.repeat(neg_rate)  # (m*neg,)
+        kn = torch.randint(n, hn.shape, generator=gen, device=h.device)  # (m*neg,)
+        src, dst = torch.cat([h, hn]), torch.cat([t, kn])  # (M,) = m positive + m*neg negative
+        diff = yt.index_select(1, src) - yt.index_select(1, dst)  # (d, M)
+        d2 = diff.square().sum(0)  # (M,)
+        pb = d2.pow(B)  # (M,)
+        coef = 2 * B / ((1e-3 + d2) * (A * pb + 1))  # (M,) repulsive; 0 * diff when d2 = 0
+        att = -2 * A * B * pb[:m] / (d2[:m] * (A * pb[:m] + 1))  # (m,) attractive
+        coef[:m] = torch.where(d2[:m] > 0, att, 0.0)
+        g = diff.mul_(coef).clamp_(-clip, clip)  # (d, M), umap's per-coordinate clip
+        step = torch.zeros_like(yt).index_add_(1, src, g)  # (d, n)
+        step.index_add_(1, t, g[:, :m], alpha=-1.0)  # the tail moves too (move_other)
+        yt.add_(step, alpha=alpha)
     return yt.T
 
 
-def embed(x: np.ndarray | None, dims: int = 5, n_neighbors: int = 20, seed: int = 0,
-          epochs: int | None = None, device: str = "cpu", knn=None, init: str = "spectral",
-          graph: sp.coo_matrix | None = None, **layout_kw) -> np.ndarray:
+def embed(x: np.ndarray, dims: int = 5, n_neighbors: int = 20, seed: int = 0,
+          epochs: int | None = None, device: str = "cpu",
+          graph: sp.coo_matrix | None = None) -> np.ndarray:
     """UMAP(n_components=dims, n_neighbors, min_dist=0) of the rows of x: (n, dims) float32.
-    knn: optional precomputed (indices, distances), (n, >=n_neighbors), self first;
-    graph: optional precomputed fuzzy_graph of them (left unchanged)."""
+    graph: the rows' fuzzy_graph, when already built (left unchanged)."""
     dev = torch.device(device)
-    if graph is not None:
-        g = graph.copy()
-    elif knn is None:
+    if graph is None:
         xt = torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=dev)
-        g = fuzzy_graph(*exact_knn(xt, n_neighbors))
-    else:
-        idx = torch.as_tensor(np.asarray(knn[0])[:, :n_neighbors], dtype=torch.int64, device=dev)
-        dist = torch.as_tensor(np.asarray(knn[1])[:, :n_neighbors], dtype=torch.float32, device=dev)
-        g = fuzzy_graph(idx, dist)
+        graph = fuzzy_graph(*exact_knn(xt, n_neighbors))
+    g = graph.copy()
     n = g.shape[0]
     n_epochs = epochs or (500 if n <= 10_000 else 200)
     g.data[g.data < g.data.max() / n_epochs] = 0.0  # edges sampled < once are dropped, as umap
     g.eliminate_zeros()
 
     rng = np.random.default_rng(seed)
-    if callable(init):  # experiment hook: init(graph, seed) -> (n, dims)
-        y0 = init(g, seed)
-    else:
-        y0 = spectral_init(g, dims) if init == "spectral" else None
-    if y0 is None:  # disconnected graph or no eigsh convergence: PCA (random if no x)
-        y0 = pca_init(np.asarray(x, np.float64), dims) if x is not None else rng.uniform(-10, 10, (n, dims))
+    y0 = spectral_init(g, dims)
+    if y0 is None:  # disconnected graph or no eigsh convergence: PCA
+        y0 = pca_init(np.asarray(x, np.float64), dims)
     y0 = 10.0 * y0 / np.abs(y0).max() + rng.normal(scale=1e-4, size=y0.shape)  # noisy_scale_coords
     y0 = 10.0 * (y0 - y0.min(0)) / (y0.max(0) - y0.min(0))  # each axis to [0, 10], as umap
 
@@ -175,4 +161,4 @@ def embed(x: np.ndarray | None, dims: int = 5, n_neighbors: int = 20, seed: int 
     tail = torch.as_tensor(g.col, dtype=torch.int64, device=dev)
     w = torch.as_tensor(g.data, dtype=torch.float64, device=dev)
     eps = w.max() / w  # (E,) umap's make_epochs_per_sample
-    return layout(y, head, tail, eps, n_epochs, gen, **layout_kw).cpu().numpy()
+    return layout(y, head, tail, eps, n_epochs, gen).cpu().numpy()
