@@ -8,6 +8,7 @@ import pytest
 
 from conftest import FAST_TRAIN, make_blobs_frame, run_cli
 from gmvae_cli import select_k as sk
+from gmvae_cli import warm_start
 from gmvae_cli.select_k import KResult, Sweep, parse_k_range, recommend, select_k
 
 # Enough for the paper recipe to separate blobs at these sizes, yet ~1 s per model.
@@ -212,13 +213,19 @@ def test_default_recipe_sweep_pretrains_once_per_seed(monkeypatch):
 # -- models side by side --------------------------------------------------------------------
 
 
-def test_the_sweep_is_the_same_whatever_the_number_of_workers():
+def test_the_sweep_is_the_same_whatever_the_number_of_workers(monkeypatch):
     """After the first K every fit runs on one torch thread, in this process or a forked
-    worker, reusing only what depends on the rows and a seed: the numbers cannot depend on
-    which process ran which fit."""
+    worker, reusing only what depends on the rows and a seed (the neighbour graph and its
+    layouts included: some Ks here build them): the numbers cannot depend on which process
+    ran which fit."""
     frame, _ = make_blobs_frame(n_rows=400, n_features=6, k=3)
+    built = []
+    real = warm_start.Spaces.neighbours
+    monkeypatch.setattr(warm_start.Spaces, "neighbours",
+                        lambda self, timings: built.append(1) or real(self, timings))
     options = {"recipe": "default", "hidden": (16, 16), "epochs": 4, "device": "cpu"}
     one = select_k(frame, [2, 3, 4], restarts=2, workers=1, **options)
+    assert built  # the sweep shares a neighbour graph, not only the columns' mixtures
     three = select_k(frame, [2, 3, 4], restarts=2, workers=3, **options)
     assert sk.worker_count(3, options, 4) == 3
     assert [r.to_dict() for r in three.results] == [r.to_dict() for r in one.results]
