@@ -455,3 +455,60 @@ def test_the_graph_joins_distinct_rows_and_copies_share_their_place(monkeypatch)
         assert layout.shape == (len(values), SMALL.embed_dims)
         np.testing.assert_array_equal(layout[150:210], np.repeat(layout[:1], 60, axis=0))
         np.testing.assert_array_equal(layout[210:], layout[:30])
+
+
+def test_refined_clusters_keep_the_components_they_overlap_most():
+    """Three separated blobs of codes, the current labels a permutation of them with a few
+    rows wrong: the clusters found again carry the current labels' numbers, so each keeps
+    its prior component."""
+    rng = np.random.default_rng(0)
+    truth = np.repeat([0, 1, 2], 100)
+    codes = rng.normal(scale=0.3, size=(300, 4)) + np.eye(4)[truth] * 6
+    current = np.array([2, 0, 1])[truth]
+    current[:5] = 0  # five rows of blob 0 (label 2) labelled 0 now
+    resp = warm_start.refined(codes, current, 3, 0, SMALL, {})
+    assert resp.shape == (300, 3)
+    np.testing.assert_allclose(resp.sum(1), 1.0, atol=1e-6)
+    np.testing.assert_array_equal(resp.argmax(1), np.array([2, 0, 1])[truth])
+
+
+def elbo_phase(warm, seed: int = 0):
+    """A default recipe's warm start and ELBO-phase start on blobs, with `warm` settings."""
+    frame, _ = make_blobs_frame(n_rows=300, n_features=8, k=3, seed=2)
+    data = torch.tensor(((frame - frame.mean()) / frame.std()).to_numpy(), dtype=torch.float32)
+    torch.manual_seed(0)
+    net = GMVAENet(ModelConfig(input_dim=8, k=3, hidden=(16,)))
+    rows = InMemoryRows(data.numpy())
+    chosen = DefaultRecipe(warm=warm)
+    chosen.prepare(net, rows, seed=seed, batch_size=64, device=CPU,
+                   report=lambda stage, done: None, save=lambda: None, timings={})
+    before = chosen.targets.clone()
+    chosen.start_phase(net, rows, chosen.phases()[1], device=CPU, timings={})
+    return chosen, net, rows, data, before
+
+
+def test_on_codes_the_elbo_phase_pulls_towards_clusters_found_in_the_gmvaes_codes():
+    codes_path = dataclasses.replace(SMALL, codes_min_rows=100, codes_min_width=5)
+    chosen, net, rows, data, before = elbo_phase(codes_path)
+    assert chosen.found["codes"] and chosen.found["chosen"] == "graph"
+    view = warm_start.View.of([net], data, CPU)
+    expected = warm_start.refined(view(data, CPU).numpy(), before.argmax(1).numpy(), 3, 0,
+                                  codes_path, {})
+    np.testing.assert_array_equal(chosen.targets.numpy(), expected.astype(np.float32))
+    assert chosen.refined is not None and chosen.refined["covers"]
+    # The pseudo-labels (the warm start's own) stay; a resumed run gets the refined targets.
+    assert torch.equal(chosen.pseudo_labels, before.argmax(1).to(torch.int32))
+    resumed = DefaultRecipe(warm=codes_path)
+    resumed.load_state_dict(chosen.state_dict())
+    resumed.prepare(net, rows, seed=0, batch_size=64, device=CPU,
+                    report=lambda stage, done: None, save=lambda: None, timings={})
+    assert torch.equal(resumed.targets, chosen.targets)
+    assert torch.equal(resumed.pseudo_labels, chosen.pseudo_labels)
+    resumed.start_phase(net, rows, resumed.phases()[1], device=CPU, timings={})  # once only
+    assert torch.equal(resumed.targets, chosen.targets)
+
+
+def test_off_codes_the_elbo_phase_keeps_the_warm_starts_clusters():
+    chosen, _, _, _, before = elbo_phase(SMALL)
+    assert not chosen.found["codes"] and chosen.refined is None
+    assert torch.equal(chosen.targets, before)

@@ -212,6 +212,9 @@ class Trainer:
         self.reporter.update(start)
         for epoch in range(start, len(schedule)):
             phase = schedule[epoch]
+            if epoch == start or phase != schedule[epoch - 1]:
+                self.recipe.start_phase(net, self.data, phase, device=self.device,
+                                        timings=self.timings)
             for group in optimizer.param_groups:
                 group["lr"] = phase.lr
             distributed.epoch_seed(seed, epoch)

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
+from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from gmvae_cli import clustering, neighbour_embedding
@@ -415,7 +416,30 @@ def pseudo_clusters(
     init_prior(net, encode_means(net, sample, device), resp, settings)
     view = found.graph_view if chosen.name == "graph" else found.columns_view
     return resp, view, {"chosen": chosen.name, "covariance": chosen.covariance, "joined": joined,
+                        "codes": found.on_codes,
                         "stability": {c.name: c.stability for c in candidates}}
+
+
+def refined(codes: np.ndarray, current: np.ndarray, k: int, seed: int,
+            settings: WarmStartSettings, timings: dict[str, float]) -> np.ndarray:
+    """The graph way once more, on the GMVAE's own codes after the guided phase (standardised
+    posterior means, (n, x_dim)): the encoder has learnt the pseudo-clusters from two
+    autoencoders' codes, and its space places their doubtful rows better than those codes
+    did (docs/model.md). Returns (n, K) responsibilities whose clusters are matched to the
+    `current` labels (n,) by their overlap, so that each keeps its prior component."""
+    rows = torch.from_numpy(codes.astype(np.float32))
+    timed = time.perf_counter()
+    graph = neighbour_embedding.fuzzy_graph(*neighbour_embedding.exact_knn(
+        rows, min(settings.embed_neighbours, len(rows) - 1)))
+    _add(timings, "neighbours", timed)
+    layout = _embedding(codes, graph, seed, settings, timings, settings.codes_embed_epochs)
+    resp = _mixture(layout.astype(np.float64), k, seed, settings, timings).resp
+    overlap = np.zeros((k, k))
+    np.add.at(overlap, (resp.argmax(1), current), 1)
+    new, old = linear_sum_assignment(overlap, maximize=True)
+    matched = np.zeros_like(resp)
+    matched[:, old] = resp[:, new]
+    return matched
 
 
 def choose(candidates: list[Candidate], margin: float, graph_floor: float | None = None) -> Candidate:
