@@ -62,7 +62,7 @@ UMAP = {"n_components": 5, "n_neighbors": 20, "min_dist": 0.0}  # the recipe's e
 GMM_INITS = 10
 # The checkpoint's stage timings, in the order a run goes through them.
 STAGES = ("startup", "read", "sample", "pretrain", "columns", "neighbours", "embedding",
-          "mixture", "place", "guided", "elbo", "write")
+          "mixture", "place", "guided", "refine", "elbo", "write")
 
 
 # -- data, converted once into the cache as files a user would hold ---------------------------

@@ -466,7 +466,7 @@ def test_refined_clusters_keep_the_components_they_overlap_most():
     codes = rng.normal(scale=0.3, size=(300, 4)) + np.eye(4)[truth] * 6
     current = np.array([2, 0, 1])[truth]
     current[:5] = 0  # five rows of blob 0 (label 2) labelled 0 now
-    resp = warm_start.refined(codes, current, 3, 0, SMALL, {})
+    resp = warm_start.refined(codes, current, 3, 0, SMALL)
     assert resp.shape == (300, 3)
     np.testing.assert_allclose(resp.sum(1), 1.0, atol=1e-6)
     np.testing.assert_array_equal(resp.argmax(1), np.array([2, 0, 1])[truth])
@@ -493,7 +493,7 @@ def test_on_codes_the_elbo_phase_pulls_towards_clusters_found_in_the_gmvaes_code
     assert chosen.found["codes"] and chosen.found["chosen"] == "graph"
     view = warm_start.View.of([net], data, CPU)
     expected = warm_start.refined(view(data, CPU).numpy(), before.argmax(1).numpy(), 3, 0,
-                                  codes_path, {})
+                                  codes_path)
     np.testing.assert_array_equal(chosen.targets.numpy(), expected.astype(np.float32))
     assert chosen.refined is not None and chosen.refined["covers"]
     # The pseudo-labels (the warm start's own) stay; a resumed run gets the refined targets.

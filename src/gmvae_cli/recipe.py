@@ -195,8 +195,7 @@ class DefaultRecipe(Recipe):
             view = warm_start.View.of([net], sample, device)  # the GMVAE's standardised codes
             codes = view(sample, device)
             current = self.placer["resp"].argmax(1).numpy()
-            resp = warm_start.refined(codes.numpy(), current, net.cfg.k, self.seed, self.warm,
-                                      timings)
+            resp = warm_start.refined(codes.numpy(), current, net.cfg.k, self.seed, self.warm)
             covers = self.placer["covers"]
             refined = {"numbers": numbers, "resp": torch.from_numpy(resp).float(),
                        "covers": covers, "view": None if covers else view.to_state(),

@@ -421,19 +421,18 @@ def pseudo_clusters(
 
 
 def refined(codes: np.ndarray, current: np.ndarray, k: int, seed: int,
-            settings: WarmStartSettings, timings: dict[str, float]) -> np.ndarray:
+            settings: WarmStartSettings) -> np.ndarray:
     """The graph way once more, on the GMVAE's own codes after the guided phase (standardised
     posterior means, (n, x_dim)): the encoder has learnt the pseudo-clusters from two
     autoencoders' codes, and its space places their doubtful rows better than those codes
     did (docs/model.md). Returns (n, K) responsibilities whose clusters are matched to the
     `current` labels (n,) by their overlap, so that each keeps its prior component."""
     rows = torch.from_numpy(codes.astype(np.float32))
-    timed = time.perf_counter()
     graph = neighbour_embedding.fuzzy_graph(*neighbour_embedding.exact_knn(
         rows, min(settings.embed_neighbours, len(rows) - 1)))
-    _add(timings, "neighbours", timed)
-    layout = _embedding(codes, graph, seed, settings, timings, settings.codes_embed_epochs)
-    resp = _mixture(layout.astype(np.float64), k, seed, settings, timings).resp
+    stages: dict[str, float] = {}  # the caller times the whole step (the recipe's "refine")
+    layout = _embedding(codes, graph, seed, settings, stages, settings.codes_embed_epochs)
+    resp = _mixture(layout.astype(np.float64), k, seed, settings, stages).resp
     overlap = np.zeros((k, k))
     np.add.at(overlap, (resp.argmax(1), current), 1)
     new, old = linear_sum_assignment(overlap, maximize=True)
