@@ -181,8 +181,8 @@ class DefaultRecipe(Recipe):
     def start_phase(self, net, data, phase, *, device, timings) -> None:
         """Before the ELBO phase on the graph of autoencoder codes: the pseudo-clusters are
         found again in the GMVAE's own codes (warm_start.refined) and the ELBO phase is
-        pulled towards those. One-off on MNIST-test seeds 0-2 the GMVAE went from within
-        0.003 of the warm start's clusters to +0.007-0.010 above them (docs/benchmarks.md).
+        pulled towards those: the GMVAE went from +0.001 above the warm start's clusters to
+        +0.006 on MNIST-test and +0.010 on USPS (docs/benchmarks.md).
         Off the codes path the warm start's clusters stay: its columns' way is often the
         better one there, and the GMVAE's codes are not columns."""
         if phase.name != "elbo" or self.refined is not None or not self.found.get("codes") \
