@@ -183,8 +183,8 @@ class DefaultRecipe(Recipe):
         found again in the GMVAE's own codes (warm_start.refined) and the ELBO phase is
         pulled towards those: the GMVAE went from +0.001 above the warm start's clusters to
         +0.006 on MNIST-test and +0.010 on USPS (docs/benchmarks.md).
-        Off the codes path the warm start's clusters stay: its columns' way is often the
-        better one there, and the GMVAE's codes are not columns."""
+        Off the codes path the warm start's clusters stay: there the same step lost badly
+        (digits, categorical, biopsy; docs/model.md)."""
         if phase.name != "elbo" or self.refined is not None or not self.found.get("codes") \
                 or self.found.get("chosen") != "graph":
             return
