@@ -262,10 +262,7 @@ class Spaces:
             memo = self.memo if self._shares("graph") else {}
             if "neighbours" not in memo:
                 timed = time.perf_counter()
-                rows = torch.from_numpy(self.graph_input.astype(np.float32))
-                knn = neighbour_embedding.exact_knn(
-                    rows, min(self.settings.embed_neighbours, len(rows) - 1))
-                memo["neighbours"] = neighbour_embedding.fuzzy_graph(*knn)
+                memo["neighbours"] = _neighbour_graph(self.graph_input, self.settings)
                 _add(timings, "neighbours", timed)
             self.fuzzy = memo["neighbours"]
         return self.fuzzy
@@ -427,9 +424,7 @@ def refined(codes: np.ndarray, current: np.ndarray, k: int, seed: int,
     autoencoders' codes, and its space places their doubtful rows better than those codes
     did (docs/model.md). Returns (n, K) responsibilities whose clusters are matched to the
     `current` labels (n,) by their overlap, so that each keeps its prior component."""
-    rows = torch.from_numpy(codes.astype(np.float32))
-    graph = neighbour_embedding.fuzzy_graph(*neighbour_embedding.exact_knn(
-        rows, min(settings.embed_neighbours, len(rows) - 1)))
+    graph = _neighbour_graph(codes, settings)
     stages: dict[str, float] = {}  # the caller times the whole step (the recipe's "refine")
     layout = _embedding(codes, graph, seed, settings, stages, settings.codes_embed_epochs)
     resp = _mixture(layout.astype(np.float64), k, seed, settings, stages).resp
@@ -493,6 +488,13 @@ def dequantised(values: np.ndarray, rng: np.random.Generator, max_values: int) -
 
 def _pca(values: np.ndarray, dims: int) -> np.ndarray:
     return values if values.shape[1] <= dims else clustering.pca(values, dims)
+
+
+def _neighbour_graph(rows: np.ndarray, settings: WarmStartSettings) -> sp.coo_matrix:
+    """UMAP's fuzzy graph of the rows' exact nearest neighbours."""
+    values = torch.from_numpy(rows.astype(np.float32))
+    return neighbour_embedding.fuzzy_graph(*neighbour_embedding.exact_knn(
+        values, min(settings.embed_neighbours, len(values) - 1)))
 
 
 def _embedding(rows: np.ndarray, graph: sp.coo_matrix, seed: int, settings: WarmStartSettings,
