@@ -18,7 +18,7 @@
    assign approaches where the network is nearly free, as on a GPU.
 
 Results go to bench-results/scale.json (scale-ROWS.json for other --rows, a -threadsN suffix
-for other --threads) and a table on stdout.
+for other --threads, -cuda for --device cuda) and a table on stdout.
 Every process runs with --threads threads (OMP_NUM_THREADS), 1 by default.
 """
 
@@ -43,7 +43,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 from benchmarks.common import matmul_peak_gflops
-from gmvae_cli import checkpoint
+from gmvae_cli import checkpoint, inference, rows
 from gmvae_cli.api import GMVAE
 from gmvae_cli.data import TableWriter, iter_table, open_parquet, read_ahead
 from gmvae_cli.model import GMVAENet
@@ -110,14 +110,16 @@ def raw_read(path: str, columns: list[str]) -> dict:
     return out
 
 
-def network_ceiling(model_path: Path, path: Path, columns: list[str]) -> dict:
+def network_ceiling(model_path: Path, path: Path, columns: list[str], device: str) -> dict:
     """What the network alone allows: assign's computation on one row group already in
     memory (no reading, no writing), its multiply-adds per row, and the best rate the
-    machine's matmul peak would give them."""
-    model = GMVAE.load(str(model_path))
+    machine's matmul peak would give them (the CPU's; on a GPU the rate itself is the
+    figure)."""
+    model = GMVAE.load(str(model_path), device=device)
     matrix, _ = model.matrix(pq.ParquetFile(path).read_row_group(0, columns=columns).to_pandas())
+    inference.log_proba(model.net_, matrix[:65_536])  # a GPU's first kernels load here
     started = time.perf_counter()
-    model._log_proba(matrix)  # what assign computes for each preprocessed chunk
+    inference.log_proba(model.net_, matrix)  # what assign computes for each preprocessed chunk
     seconds = time.perf_counter() - started
     state = checkpoint.load(str(model_path))["state_dict"]
     # Per row with posterior means: the encoder and the prior network once (no decoder).
@@ -131,8 +133,8 @@ def network_ceiling(model_path: Path, path: Path, columns: list[str]) -> dict:
     }
 
 
-def pipeline_without_network(model_path: Path, path: Path, rows: int = 3_000_000) -> dict:
-    """assign's own work (read, preprocess, output columns, Parquet write) on the first `rows`
+def pipeline_without_network(model_path: Path, path: Path, count: int = 3_000_000) -> dict:
+    """assign's own work (read, preprocess, output columns, Parquet write) on the first `count`
     rows, in this process, with the network replaced by a uniform answer: the rate assign
     would approach on a device where the network costs next to nothing (a GPU)."""
     model = GMVAE.load(str(model_path))
@@ -142,11 +144,11 @@ def pipeline_without_network(model_path: Path, path: Path, rows: int = 3_000_000
     try:
         columns = list(model.preprocessor_.columns)
         chunks = read_ahead(itertools.islice(  # as assign reads (rows.write_per_row)
-            iter_table(str(path), chunk_rows=65_536, columns=columns), -(-rows // 65_536)))
+            iter_table(str(path), chunk_rows=65_536, columns=columns), -(-count // 65_536)))
         out = CACHE / "scale-pipeline.parquet"
         started, done = time.perf_counter(), 0
         with TableWriter(str(out)) as writer:
-            for frame in model.assign_chunks(chunks):
+            for frame in rows.per_row(model, chunks, None, rows.assign_columns(model)):
                 writer.write(frame)
                 done += len(frame)
         seconds = time.perf_counter() - started
@@ -229,6 +231,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="total rows per step")
     parser.add_argument("--assign-batch", type=int, default=65_536, help="assign --batch-size")
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of every process")
+    parser.add_argument("--device", default="cpu", help="assign's --device (cuda on a GPU "
+                        "machine; training stays on the CPU, as torchrun × 2 needs)")
     args = parser.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
@@ -259,7 +263,7 @@ def main() -> None:
     out = CACHE / "scale-assign.parquet"
     command = [
         sys.executable, "-m", "gmvae_cli", "assign", str(CACHE / "scale-model-1.pt"), str(big),
-        "-o", str(out), "--batch-size", str(args.assign_batch),
+        "-o", str(out), "--batch-size", str(args.assign_batch), "--device", args.device,
     ]
     assign = measured(command, env)
     assigned = pq.ParquetFile(out).metadata.num_rows
@@ -267,7 +271,7 @@ def main() -> None:
     assign.update(rows=assigned, rows_per_s=assigned / assign["seconds"])
 
     print("timing the network alone …", file=sys.stderr, flush=True)
-    ceiling = network_ceiling(CACHE / "scale-model-1.pt", big, features)
+    ceiling = network_ceiling(CACHE / "scale-model-1.pt", big, features, args.device)
     print("timing assign without the network …", file=sys.stderr, flush=True)
     pipeline = pipeline_without_network(CACHE / "scale-model-1.pt", big, min(args.rows, 3_000_000))
 
@@ -275,6 +279,7 @@ def main() -> None:
         "rows": args.rows, "cols": args.cols, "file_mib": round(big.stat().st_size / 2**20, 1),
         "threads": args.threads, "cpus": os.cpu_count(), "machine": platform.processor() or
         platform.machine(), "torch": torch.__version__, "model": " ".join(MODEL),
+        "device": torch.cuda.get_device_name(0) if args.device == "cuda" else args.device,
         "read": reads, "assign": assign, "network": ceiling,
         "pipeline_without_network": pipeline, "train": runs,
         "assign_vs_raw_read": assign["rows_per_s"] / reads["raw_read"]["rows_per_s"],
@@ -282,7 +287,9 @@ def main() -> None:
     }
     RESULTS.mkdir(exist_ok=True)
     name = "scale" if args.rows == FULL_ROWS else f"scale-{args.rows}"
-    path = RESULTS / (f"{name}.json" if args.threads == 1 else f"{name}-threads{args.threads}.json")
+    suffix = ("" if args.threads == 1 else f"-threads{args.threads}") + \
+        ("" if args.device == "cpu" else f"-{args.device}")
+    path = RESULTS / f"{name}{suffix}.json"
     path.write_text(json.dumps(report, indent=2))
     print_table(report)
     print(f"\nwrote {path.relative_to(ROOT)}", file=sys.stderr)
@@ -303,7 +310,7 @@ def print_table(r: dict) -> None:
     print(f"{'network alone (rows in memory)':<34}{n['rows_per_s']:>14,.0f}{n['seconds']:>10.2f}")
     p = r["pipeline_without_network"]
     print(f"{'assign without the network':<34}{p['rows_per_s']:>14,.0f}{p['seconds']:>10.2f}")
-    print(f"{'matmul-peak bound':<34}{n['peak_bound_rows_per_s']:>14,.0f}"
+    print(f"{'CPU matmul-peak bound':<34}{n['peak_bound_rows_per_s']:>14,.0f}"
           f"   ({n['macs_per_row']:,} multiply-adds per row, {n['matmul_gflops']} GFLOP/s)")
     for t in r["train"]:
         name = f"train, torchrun × {t['processes']} ({t['epochs']} epochs)"
