@@ -10,11 +10,13 @@ Baselines, seeds 0-2 each, in the same run on the same cores, with the care the 
 k-means (10 inits) on the pixels; a full-covariance GMM (10 inits) on PCA-50; umap-learn
 (5 dims, 20 neighbours, min_dist 0, the recipe's settings) + the same GMM on the pixels; and
 N2D, the same UMAP + GMM on the codes of an autoencoder of the GMVAE's shape pretrained as the
-recipe pretrains its own (20 epochs, Adam 1e-3, batch 128).
+recipe pretrains its own (Adam 1e-3, batch 128, warm_start.pretrain_epochs: 51 epochs on
+MNIST-test, 71 on USPS).
 
     python -m benchmarks.quality            # full run, writes bench-results/ and docs/benchmarks.md
     python -m benchmarks.quality --quick    # smoke run: one short MNIST run and k-means
     python -m benchmarks.quality --rerun usps   # that data set's GMVAE runs again, merged
+    python -m benchmarks.quality --rerun usps --with-n2d   # and its N2D baseline
 """
 
 from __future__ import annotations
@@ -135,8 +137,12 @@ def run_gmvae(name: str, ds: dict, k: int, seed: int, extra: list[str], folder: 
 # -- baselines -----------------------------------------------------------------------------
 
 
-def baselines(name: str, ds: dict, seeds=BASELINE_SEEDS) -> list[dict]:
-    """k-means, PCA-50 + GMM, UMAP + GMM and N2D, each for every seed (module doc)."""
+N2D = "N2D: autoencoder codes + UMAP (5 dims) + GMM (full, n_init=10)"
+
+
+def baselines(name: str, ds: dict, seeds=BASELINE_SEEDS, only: str | None = None) -> list[dict]:
+    """k-means, PCA-50 + GMM, UMAP + GMM and N2D (or `only` that method), each for every
+    seed (module doc)."""
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
     from sklearn.mixture import GaussianMixture
@@ -160,10 +166,11 @@ def baselines(name: str, ds: dict, seeds=BASELINE_SEEDS) -> list[dict]:
         "GMM (full, n_init=10) on PCA-50":
             lambda s: gmm(PCA(50, random_state=s).fit_transform(x), s),
         "UMAP (5 dims) + GMM (full, n_init=10) on pixels": lambda s: umap_gmm(x, s),
-        "N2D: autoencoder codes + UMAP (5 dims) + GMM (full, n_init=10)":
-            lambda s: umap_gmm(autoencoder_codes(x, s), s),
+        N2D: lambda s: umap_gmm(autoencoder_codes(x, s), s),
     }
     for method, fit in methods.items():
+        if only is not None and method != only:
+            continue
         for seed in seeds:
             started = time.perf_counter()
             clusters = fit(seed)
@@ -301,6 +308,8 @@ def main() -> None:
     parser.add_argument("--rerun", choices=["mnist", "usps"],
                         help="run this data set's GMVAE runs again and replace them in "
                              "bench-results/quality.json (baselines and other runs kept)")
+    parser.add_argument("--with-n2d", action="store_true",
+                        help="with --rerun: run that data set's N2D baseline again too")
     args = parser.parse_args()
     sets = datasets()
     folder = CACHE / "runs"
@@ -315,13 +324,16 @@ def main() -> None:
         saved = json.loads((RESULTS / "quality.json").read_text())
         found = saved["baselines"]
         runs = [r for r in saved["runs"] if r["data"] != args.rerun] + runs
+        if args.with_n2d:
+            found = [b for b in found if (b["data"], b["method"]) != (args.rerun, N2D)] + \
+                baselines(args.rerun, sets[args.rerun], only=N2D)
     elif not args.quick:
         found = baselines("mnist", sets["mnist"]) + baselines("usps", sets["usps"])
     report = {
         "date": date.today().isoformat(),
         "command": ("`make bench-quick`" if args.quick else "`make bench`"
-                    + (f" (then `python -m benchmarks.quality --rerun {args.rerun}`)"
-                       if args.rerun else "")),
+                    + (f" (then `python -m benchmarks.quality --rerun {args.rerun}"
+                       f"{' --with-n2d' if args.with_n2d else ''}`)" if args.rerun else "")),
         "machine": machine(),
         "matmul_gflops": matmul_peak_gflops(),
         "runs": runs, "summary": summarise(runs), "baselines": found,

@@ -15,7 +15,8 @@ from gmvae_cli.model import ELBOTerms, GMVAENet, ModelConfig, log_cluster_poster
 from gmvae_cli.recipe import DefaultRecipe, PaperRecipe, Phase
 from gmvae_cli.sources import InMemoryRows
 
-SMALL = dataclasses.replace(warm_start.DEFAULT_SETTINGS, pretrain_epochs=3)
+SMALL = dataclasses.replace(warm_start.DEFAULT_SETTINGS, pretrain_epochs=3,
+                            codes_pretrain_steps=None)
 CPU = torch.device("cpu")
 
 
@@ -167,6 +168,22 @@ def test_epochs_option_scales_every_phase(epochs, guided, free, pretrain):
     assert [(p.name, p.epochs) for p in chosen.phases()] == \
         [("guided", guided)] + ([("elbo", free)] if free else [])
     assert chosen.warm.pretrain_epochs == pretrain
+
+
+@pytest.mark.parametrize(("rows", "width", "epochs"), [
+    (10_000, 784, 51),  # MNIST-test: 79 steps per epoch, 4,000 steps
+    (7_291, 256, 71),  # USPS
+    (5_000, 51, 100),  # the smallest sample on the codes path
+    (50_000, 784, 20),  # a full sample's 20 epochs take 7,820 steps already
+    (10_000, 50, 20),  # too narrow for codes: the autoencoder only starts the GMVAE
+    (4_999, 784, 20),  # too few rows for codes
+])
+def test_codes_path_pretrains_for_a_number_of_steps(rows, width, epochs):
+    """On the codes path each autoencoder takes at least codes_pretrain_steps steps at the
+    batch size; elsewhere, and with --epochs, the epochs are taken as they are."""
+    sample = torch.zeros(rows, width)
+    assert warm_start.pretrain_epochs(sample, warm_start.DEFAULT_SETTINGS, 128) == epochs
+    assert warm_start.pretrain_epochs(sample, DefaultRecipe(epochs=10).warm, 128) == 10
 
 
 def test_recipe_names_are_declared_once():

@@ -135,10 +135,13 @@ class DefaultRecipe(Recipe):
         self.epochs = epochs
         self.guided, self.free = scaled_epochs([self.GUIDED_EPOCHS, self.FREE_EPOCHS], epochs)
         self.lr = lr or self.LR
-        # Pretraining scales with the GMVAE epochs and runs at the base rate.
-        pretrain = warm.pretrain_epochs if epochs is None else \
-            max(1, round(warm.pretrain_epochs * epochs / gmvae_epochs))
-        self.warm = dataclasses.replace(warm, pretrain_epochs=pretrain, pretrain_lr=self.lr)
+        # Pretraining scales with the GMVAE epochs (--epochs N: N epochs, on any path) and
+        # runs at the base rate.
+        self.warm = dataclasses.replace(warm, pretrain_lr=self.lr)
+        if epochs is not None:
+            self.warm = dataclasses.replace(
+                self.warm, codes_pretrain_steps=None,
+                pretrain_epochs=max(1, round(warm.pretrain_epochs * epochs / gmvae_epochs)))
         # start -> pretraining -> ready (pseudo-clusters found)
         self.stage = "start"
         self.rows = 0  # rows over all ranks, known once prepare has seen the data

@@ -43,6 +43,11 @@ Report = Callable[[str, float], None] | None
 @dataclass(frozen=True)
 class WarmStartSettings:
     pretrain_epochs: int = 20  # autoencoder epochs before the pseudo-clusters
+    # On the codes path the pseudo-clusters are found in the autoencoders' codes, and 20
+    # epochs of a 10,000-row sample (1,580 steps) leave them undertrained: each autoencoder
+    # takes at least this many steps there (MNIST-test: 51 epochs; a 50,000-row sample's 20
+    # epochs already take 7,820), so never more than a full sample's pretraining costs.
+    codes_pretrain_steps: int | None = 4_000
     pretrain_lr: float = 1e-3
     sample_rows: int = 50_000  # the warm start sees at most this many rows (--warm-sample)
     place_neighbours: int = 10  # rows outside the sample take their nearest sample rows' clusters
@@ -85,6 +90,16 @@ class WarmStartSettings:
 DEFAULT_SETTINGS = WarmStartSettings()
 
 
+def pretrain_epochs(sample: torch.Tensor, settings: WarmStartSettings, batch_size: int) -> int:
+    """Epochs each autoencoder trains: settings.pretrain_epochs, and on the codes path at
+    least settings.codes_pretrain_steps steps (None: the epochs as they are)."""
+    steps = settings.codes_pretrain_steps
+    if steps is None or not uses_codes(sample, settings):
+        return settings.pretrain_epochs
+    per_epoch = -(-len(sample) // batch_size)
+    return max(settings.pretrain_epochs, -(-steps // per_epoch))
+
+
 def pretrain(
     nets: list[GMVAENet],
     sample: torch.Tensor,
@@ -100,6 +115,7 @@ def pretrain(
     net after the other; `save` gets a resumable state after every epoch, and `state` (one
     such) continues from there with the same result as an uninterrupted run."""
     gen = torch.Generator().manual_seed(seed)
+    epochs = pretrain_epochs(sample, settings, batch_size)
     first, start = 0, 0
     if state is not None:
         first, start = state["autoencoder"], state["epoch"]
@@ -115,7 +131,7 @@ def pretrain(
             opt.load_state_dict(state["optimizer"])
         stage = "pretrain" if len(nets) == 1 else f"pretrain {i + 1}/{len(nets)}"
         net.train()
-        for epoch in range(start if i == first else 0, settings.pretrain_epochs):
+        for epoch in range(start if i == first else 0, epochs):
             for idx in index_batches(len(sample), batch_size, gen):
                 y = sample[idx].to(device)
                 x_mu = net.encoder(y)[0]
@@ -123,8 +139,8 @@ def pretrain(
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-            report(stage, (epoch + 1) / settings.pretrain_epochs)
-            done = epoch + 1 == settings.pretrain_epochs
+            report(stage, (epoch + 1) / epochs)
+            done = epoch + 1 == epochs
             save({
                 "autoencoder": i + done, "epoch": 0 if done else epoch + 1,
                 "optimizer": None if done else opt.state_dict(), "shuffle": gen.get_state(),
