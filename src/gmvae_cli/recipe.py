@@ -184,8 +184,8 @@ class DefaultRecipe(Recipe):
     def start_phase(self, net, data, phase, *, device, timings) -> None:
         """Before the ELBO phase on the graph of autoencoder codes: the pseudo-clusters are
         found again in the GMVAE's own codes (warm_start.refined) and the ELBO phase is
-        pulled towards those: the GMVAE went from +0.001 above the warm start's clusters to
-        +0.006 on MNIST-test and +0.010 on USPS (docs/benchmarks.md).
+        pulled towards those: without this step the GMVAE ended where its warm start's
+        clusters were (docs/benchmarks.md has what it buys).
         Off the codes path the warm start's clusters stay: there the same step lost badly
         (digits, categorical, biopsy; docs/model.md)."""
         if phase.name != "elbo" or self.refined is not None or not self.found.get("codes") \
