@@ -311,6 +311,8 @@ def main() -> None:
     parser.add_argument("--with-n2d", action="store_true",
                         help="with --rerun: run that data set's N2D baseline again too")
     args = parser.parse_args()
+    if args.with_n2d and not args.rerun:
+        parser.error("--with-n2d goes with --rerun (a full run reruns every baseline)")
     sets = datasets()
     folder = CACHE / "runs"
     folder.mkdir(exist_ok=True, parents=True)
