@@ -558,7 +558,7 @@ def warm_start_table(report: dict) -> list[str]:
     where they were kept) and each way's stability (the ARI between its two runs; – where
     the graph was not built because it could not win)."""
     lines = [("**The warm start's choice** (per seed: the way kept, the columns' covariance "
-              "type where they were kept (*joined*: the graph's clusters from both seeds' "
+              "type where they were kept (*power*: on the Yeo-Johnson transformed columns; *joined*: the graph's clusters from both seeds' "
               "embeddings), then the stability of columns / graph; – : the graph "
               "was not built, the columns' runs agreeing)"), "",
              "| data | " + " | ".join(f"seed {s}" for s in report["seeds"]) + " |",
@@ -575,7 +575,7 @@ def warm_start_table(report: dict) -> list[str]:
             stability = found.get("stability", {})
             way = found["chosen"]
             if way == "columns" and "covariance" in found:
-                way += f" {found['covariance']}"
+                way += f" {found['covariance']}" + (", power" if found.get("power") else "")
             elif found.get("joined"):
                 way += " joined"
             cells.append(f"{way} ({stability.get('columns', float('nan')):.2f} / "

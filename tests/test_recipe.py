@@ -230,8 +230,8 @@ def test_a_nuisance_code_column_does_not_capture_the_mixture():
     columns = ((frame - frame.mean()) / frame.std()).to_numpy()
     timings: dict = {}
     raw = [warm_start._mixture(columns, 4, s, SMALL, timings).resp.argmax(1) for s in range(4)]
-    fixed = [warm_start._mixture(warm_start._columns_space(columns, s, SMALL), 4, s, SMALL,
-                                 timings).resp.argmax(1) for s in range(4)]
+    fixed = [warm_start._columns_mixture(warm_start._columns_space(columns, s, SMALL), 4, s,
+                                         SMALL, timings).resp.argmax(1) for s in range(4)]
     assert min(ari(labels, c) for c in fixed) >= 0.95
     assert min(ari(labels, c) for c in raw) < 0.9
 
@@ -361,20 +361,27 @@ def test_restart_seeds_share_embeddings_and_mixtures_with_the_same_results():
 
 
 def test_wine_gets_axis_aligned_covariances_and_keeps_its_columns():
-    """Wine (178 rows, 13 columns): BIC gives the columns' mixture axis-aligned covariances,
-    whose two runs agree, so the columns are kept; a full covariance per cluster (314
-    parameters for 178 rows) found partitions its two runs disagreed on."""
+    """Wine (178 rows, 13 columns): on its columns as they are, BIC gives the columns'
+    mixture axis-aligned covariances, whose two runs agree, so the columns are kept; a full
+    covariance per cluster (314 parameters for 178 rows) found partitions its two runs
+    disagreed on. Power-transformed, its columns take one shared covariance, of lower BIC
+    still (on the columns' own scale), and the runs agree as well."""
     from sklearn.datasets import load_wine
 
     values = load_wine().data
     data = torch.tensor((values - values.mean(0)) / values.std(0), dtype=torch.float32)
     net = GMVAENet(ModelConfig(input_dim=13, k=3, hidden=(16,)))
     timings: dict = {}
+    plain = dataclasses.replace(SMALL, columns_power=False)
+    spaces = warm_start.spaces([net], data, 0, CPU, timings, plain)
+    _, _, found = warm_start.pseudo_clusters(net, data, spaces, CPU, timings, plain)
+    assert found["chosen"] == "columns" and found["covariance"] == "diag"
+    assert found["stability"]["columns"] == 1.0 and not found["power"]
     spaces = warm_start.spaces([net], data, 0, CPU, timings, SMALL)
     _, _, found = warm_start.pseudo_clusters(net, data, spaces, CPU, timings, SMALL)
-    assert found["chosen"] == "columns" and found["covariance"] == "diag"
+    assert (found["chosen"], found["covariance"], found["power"]) == ("columns", "tied", True)
     assert found["stability"]["columns"] == 1.0
-    full = dataclasses.replace(SMALL, columns_covariances=("full",))
+    full = dataclasses.replace(plain, columns_covariances=("full",))
     spaces = warm_start.spaces([net], data, 0, CPU, timings, full)
     _, _, found = warm_start.pseudo_clusters(net, data, spaces, CPU, timings, full)
     assert found["covariance"] == "full" and found["stability"]["columns"] < 0.99

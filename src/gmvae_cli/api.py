@@ -161,7 +161,8 @@ class GMVAE:
             if writes:
                 checkpoint.save(checkpoint_path, self._payload(state["state_dict"], state))
 
-        chosen = recipe.make(self.settings, shared, self.preprocessor_.indicators)
+        chosen = recipe.make(self.settings, shared, self.preprocessor_.indicators,
+                             self.preprocessor_.filled)
         self.outlier_threshold_ = None  # training checkpoints hold none
         trainer = Trainer(data, self.config, chosen, self.settings, device, reporter, save_state)
         fit = trainer.fit(resume=resume_state)

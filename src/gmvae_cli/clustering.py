@@ -28,6 +28,8 @@ COVARIANCES = ("full", "tied", "diag", "spherical")
 class Mixture(NamedTuple):
     resp: np.ndarray  # (n, k) responsibilities
     covariance: str  # the covariance type fitted
+    bic: float = math.inf  # in the space it was fitted in (lower is better)
+    power: bool = False  # fitted to the columns power-transformed (warm_start._columns_mixture)
 
 
 def mixture_by_bic(x: np.ndarray, k: int, seed: int, inits: int = 10,
@@ -47,7 +49,7 @@ def mixture_by_bic(x: np.ndarray, k: int, seed: int, inits: int = 10,
         resp, log_likelihood = _em(data, k, labels, covariance, score)
         bic = -2 * log_likelihood * n + parameters(covariance, k, width) * math.log(n)
         if best is None or bic < best[0]:
-            best = (bic, Mixture(resp, covariance))
+            best = (bic, Mixture(resp, covariance, bic))
     return best[1]
 
 

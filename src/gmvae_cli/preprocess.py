@@ -11,6 +11,7 @@ categorical column (categories.py), in table order; `inverse` puts them back in 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -111,6 +112,8 @@ class Preprocessor:
     # unseen category is an all-zero block. Column -> the value of its indicators.
     categories: dict[str, list] = field(default_factory=dict)
     category_scale: dict[str, float] = field(default_factory=dict)
+    # The numeric columns with missing values at training (their cells were filled).
+    gaps: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self._encoders = {c: Encoder(c, self.categories[c], self.category_scale[c])
@@ -137,6 +140,21 @@ class Preprocessor:
         values = [0.0] * len(self.numeric_columns)
         for c in self.categorical_columns:
             values += [self.category_scale[c]] * len(self.categories[c])
+        return values
+
+    @property
+    def filled(self) -> list[float]:
+        """Per column of the model's matrix: the value a mean-filled cell holds there (as
+        transform writes it), NaN where no cell was filled at training."""
+        values = [math.nan] * self.width
+        if self.missing != "mean":
+            return values
+        for j, c in enumerate(self.numeric_columns):
+            if c in self.gaps:
+                value = (self.fill[j] - self.center[j]) / self.scale[j]
+                if self.likelihood == "bernoulli":
+                    value = min(max(value, 0.0), 1.0)
+                values[j] = float(np.float32(value))
         return values
 
     @classmethod
@@ -231,7 +249,8 @@ class Preprocessor:
             note(message)
         used = [c for c in columns if c in numeric or c in counts]
         pre = cls(used, missing, fill.tolist(), center.tolist(), scale.tolist(), likelihood,
-                  categorical, categories, block_scale)
+                  categorical, categories, block_scale,
+                  gaps=[c for c, count in zip(numeric, absent) if count])
         return pre, kept
 
     def transform(

@@ -130,7 +130,8 @@ class DefaultRecipe(Recipe):
 
     def __init__(self, epochs: int | None = None, lr: float | None = None,
                  warm: warm_start.WarmStartSettings = warm_start.DEFAULT_SETTINGS,
-                 shared: dict | None = None, indicators: list[float] | None = None):
+                 shared: dict | None = None, indicators: list[float] | None = None,
+                 filled: list[float] | None = None):
         gmvae_epochs = self.GUIDED_EPOCHS + self.FREE_EPOCHS
         self.epochs = epochs
         self.guided, self.free = scaled_epochs([self.GUIDED_EPOCHS, self.FREE_EPOCHS], epochs)
@@ -159,6 +160,7 @@ class DefaultRecipe(Recipe):
         # per seed: the pretrained autoencoder and the spaces the pseudo-clusters are found in.
         self.shared = shared
         self.indicators = indicators  # the one-hot columns' values (warm_start.spaces)
+        self.filled = filled  # the value of a mean-filled cell per column (warm_start.spaces)
 
     def prepare(self, net, data, *, seed, batch_size, device, report, save, timings) -> None:
         """The warm start on a sample of the rows; under torchrun rank 0 builds it and every
@@ -257,7 +259,8 @@ class DefaultRecipe(Recipe):
         memo = self.shared.setdefault("memo", {}) if self.shared is not None and covers else None
         shared = {"encoder": net.encoder.state_dict(), "decoder": net.decoder.state_dict(),
                   "spaces": warm_start.spaces([net, *helpers], sample, seed, device, timings,
-                                              self.warm, memo=memo, indicators=self.indicators)}
+                                              self.warm, memo=memo, indicators=self.indicators,
+                                              filled=self.filled)}
         if self.shared is not None:
             self.shared[seed] = {name: _copied(part) for name, part in shared.items()}
         return shared
@@ -322,14 +325,15 @@ RECIPES = {"default": DefaultRecipe, "paper": PaperRecipe}
 
 
 def make(settings: TrainSettings, shared: dict | None = None,
-         indicators: list[float] | None = None) -> Recipe:
+         indicators: list[float] | None = None, filled: list[float] | None = None) -> Recipe:
     """The recipe `settings` name; `shared` (a dict kept by the caller) lets fits of
     several Ks on the same rows share the default recipe's K-independent work; `indicators`
-    (Preprocessor.indicators) tells the warm start which columns are one-hot."""
+    (Preprocessor.indicators) tells the warm start which columns are one-hot, and `filled`
+    (Preprocessor.filled) which cells were mean-filled."""
     if settings.recipe == "paper":
         return PaperRecipe(settings.epochs, settings.lr)
     warm = dataclasses.replace(warm_start.DEFAULT_SETTINGS, sample_rows=settings.warm_sample)
-    return DefaultRecipe(settings.epochs, settings.lr, warm, shared, indicators)
+    return DefaultRecipe(settings.epochs, settings.lr, warm, shared, indicators, filled)
 
 
 def _copied(part):
