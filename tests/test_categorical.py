@@ -363,3 +363,26 @@ def test_the_warm_starts_graph_sees_plain_indicators_and_standardised_numbers():
     np.testing.assert_allclose(columns.std(0), 1.0, rtol=1e-4)  # the mixture's columns
     alone = warm_start.spaces([net], sample, 0, torch.device("cpu"), {})
     assert (alone.graph_input[:, 3:].std(0) > 0.9).all()  # standardised, as before
+
+
+def test_the_preprocessor_says_which_cells_were_mean_filled():
+    """`filled`: per model column, the value a filled cell holds (0 for a standardised
+    column, whose centre is the fill), NaN for columns without gaps, for one-hot blocks and
+    under --missing drop; checkpoints from before `gaps` load with none."""
+    frame = pd.DataFrame({"a": [1.0, np.nan, 3.0, 4.0] * 3, "b": np.arange(12.0),
+                          "colour": ["red", "blue", "red", None] * 3})
+    pre, _ = Preprocessor.fit([frame], ["a", "b", "colour"], "mean", "gaussian",
+                              encode=["colour"])
+    assert pre.gaps == ["a"]
+    values = pre.transform(frame)[0]
+    assert values[1, 0] == pre.filled[0] == 0.0
+    assert np.isnan(pre.filled[1:]).all() and len(pre.filled) == pre.width == 4
+    dropped, _ = Preprocessor.fit([frame], ["a", "b"], "drop", "gaussian")
+    assert np.isnan(dropped.filled).all()
+    old = pre.to_dict()
+    del old["gaps"]
+    assert np.isnan(Preprocessor.from_dict(old).filled).all()
+    unit = pd.DataFrame({"p": [0.2, np.nan, 0.6, 0.7]})
+    bernoulli, _ = Preprocessor.fit([unit], ["p"], "mean", "bernoulli")
+    assert bernoulli.filled == [pytest.approx(0.5)]
+    assert bernoulli.transform(unit)[0][1, 0] == bernoulli.filled[0]

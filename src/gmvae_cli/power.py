@@ -31,7 +31,7 @@ def yeo_johnson(x: np.ndarray) -> Transformed:
     out = x.astype(np.float64, copy=True)
     log_jacobian, parameters = np.zeros(len(x)), 0
     for j in range(x.shape[1]):
-        column = out[:, j]
+        column = x[:, j].astype(np.float64)
         if column.std() == 0:
             continue
         lam = fitted_lambda(column)
