@@ -390,7 +390,8 @@ def test_wine_gets_axis_aligned_covariances_and_keeps_its_columns():
 
 def test_off_codes_the_graph_ways_clusters_come_from_both_embeddings_joined():
     """Two moons and three noise columns on the graph way (made to win here): its
-    pseudo-clusters are the mixture on both seeds' embeddings side by side. What that buys
+    pseudo-clusters are the mixture on both seeds' embeddings and two more seeds' (0-3)
+    side by side. What that buys
     is measured by `make bench-tables`, not here: the layouts' floating point differs from
     one CPU to another, and so does a single seed's partition."""
     from sklearn.datasets import make_moons
@@ -403,7 +404,14 @@ def test_off_codes_the_graph_ways_clusters_come_from_both_embeddings_joined():
     spaces = warm_start.spaces([net], data, 0, CPU, {}, settings)
     resp, _, found = warm_start.pseudo_clusters(net, data, spaces, CPU, {}, settings)
     assert found["chosen"] == "graph" and found["joined"]
-    joined = clustering.mixture_by_bic(np.hstack(spaces.graph({})).astype(np.float64), 2, 0,
+    assert SMALL.joint_layouts == 4
+    layouts = [spaces._layout(s, {}) for s in range(4)]
+    for mine, theirs in zip(spaces.graph({}), layouts):
+        np.testing.assert_array_equal(mine, theirs)
+    fresh = {}
+    layouts[2:] = [warm_start._embedding(spaces.graph_input, spaces.neighbours({}), s,
+                                         settings, fresh) for s in (2, 3)]
+    joined = clustering.mixture_by_bic(np.hstack(layouts).astype(np.float64), 2, 0,
                                        SMALL.gmm_inits, ("full",), spaces._graph_score(2, {}))
     np.testing.assert_array_equal(resp.numpy(), joined.resp.astype(np.float32))
 
