@@ -558,8 +558,9 @@ def warm_start_table(report: dict) -> list[str]:
     where they were kept) and each way's stability (the ARI between its two runs; – where
     the graph was not built because it could not win)."""
     lines = [("**The warm start's choice** (per seed: the way kept, the columns' covariance "
-              "type where they were kept (*power*: on the Yeo-Johnson transformed columns; *joined*: the graph's clusters from both seeds' "
-              "embeddings), then the stability of columns / graph; – : the graph "
+              "type where they were kept (*power*: on the Yeo-Johnson transformed "
+              "columns; *joined*: the graph's clusters from four seeds' embeddings), "
+              "then the stability of columns / graph; – : the graph "
               "was not built, the columns' runs agreeing)"), "",
              "| data | " + " | ".join(f"seed {s}" for s in report["seeds"]) + " |",
              "|---" * (len(report["seeds"]) + 1) + "|"]

@@ -13,7 +13,7 @@ Neither wins everywhere, and labels may not choose, so both run twice with diffe
 and the one that finds the same partition again (higher stability, the adjusted Rand index
 between its two runs) is kept; on a tie, the plainer mixture on the columns (so when the
 columns' runs agree the graph cannot win and is not built: blobs skip it). A graph kept on
-the columns gives the clusters of a third mixture, on both seeds' embeddings side by side
+the columns gives the clusters of a third mixture, on four seeds' embeddings side by side
 (Spaces.joint). On large wide tables, where the columns' mixture only sees a few principal
 components, the graph of codes is kept unless it is unstable
 (WarmStartSettings.codes_graph_floor). The prior network is then set to the chosen
@@ -454,7 +454,7 @@ def pseudo_clusters(
         if graph is not None:
             candidates.append(graph)
     chosen = choose(candidates, settings.stability_margin, floor)
-    # Off the codes path the graph way's clusters come from both seeds' embeddings joined
+    # Off the codes path the graph way's clusters come from four seeds' embeddings joined
     # (Spaces.joint). Not on codes, which already join two autoencoders: there the joined
     # embeddings' best-likelihood mixture merged digits (MNIST).
     joined = chosen.name == "graph" and not found.on_codes
