@@ -88,6 +88,25 @@ def test_guided_loss_adds_cross_entropy_only_for_confident_rows():
     assert float(loss) == pytest.approx(float(-terms.elbo + weight * ce), rel=1e-5)
 
 
+def test_off_the_codes_path_the_pull_weighs_more():
+    """The same batch and pseudo-labels: the loss is −ELBO + 5 × cross-entropy where the
+    pseudo-clusters were found in autoencoder codes, and + 20 × where in the columns."""
+    torch.manual_seed(0)
+    net = GMVAENet(ModelConfig(input_dim=4, k=2, x_dim=2, w_dim=2, hidden=(8,), prior_hidden=8)).eval()
+    y, rows = torch.randn(6, 4), torch.arange(6)
+    targets = torch.tensor([[1.0, 0.0]] * 3 + [[0.0, 1.0]] * 3)
+    x_mu, _, w_mu, _ = net.encoder(y)
+    log_pz = log_cluster_posterior(x_mu, *net.prior(w_mu))
+    ce = -(log_pz[:3, 0].sum() + log_pz[3:, 1].sum()) / 6
+    for codes, weight in ((True, 5.0), (False, 20.0)):
+        chosen = guided_recipe(targets)
+        chosen.found = {"codes": codes}
+        torch.manual_seed(1)
+        loss, terms = chosen.loss(net, y, rows, GUIDED)
+        assert chosen.pseudo_label_weight == weight
+        assert float(loss) == pytest.approx(float(-terms.elbo + weight * ce), rel=1e-5)
+
+
 def test_elbo_phase_is_the_models_own_elbo_with_the_same_pull():
     """After the guided phase: the model's own ELBO (its p(z|x,w) in the conditional prior,
     not the pseudo-clusters) plus the same cross-entropy to confident pseudo-labels."""

@@ -118,6 +118,12 @@ class DefaultRecipe(Recipe):
     # the pseudo-clusters loosely (MNIST K=30 seed 1: pseudo 0.953, GMVAE 0.943); at 5.0 it
     # kept them (0.951; K=10 seed 0: 0.945 -> 0.952) at the same ELBO.
     PSEUDO_LABEL_WEIGHT = 5.0
+    # Off the codes path the pseudo-clusters come from the columns or their neighbour graph,
+    # and a small table's GMVAE codes are no better a space than its columns (docs/model.md):
+    # there the pull keeps the warm start's clusters tighter. At 5 the GMVAE ended below them
+    # on the 1,797-row digits (seed 2: 0.924 against 0.935, after the guided phase already);
+    # at 20 it kept them (docs/benchmarks.md).
+    COLUMNS_PSEUDO_LABEL_WEIGHT = 20.0
     CONFIDENCE = 0.9  # pseudo-labels below this responsibility get no cross-entropy
     # Past this many rows the default phases shorten so that each does about the steps it
     # does here (at least one epoch): 2,000,000 rows train 1 + 1 epochs, not 10 + 10.
@@ -303,7 +309,14 @@ class DefaultRecipe(Recipe):
         sure = (confidence >= self.CONFIDENCE).to(y.dtype)
         nll = F.nll_loss(terms.assignment_log_proba, labels, reduction="none")
         cross_entropy = (nll * sure).sum() / sure.sum().clamp_min(1.0)
-        return -terms.elbo + self.PSEUDO_LABEL_WEIGHT * cross_entropy, terms
+        return -terms.elbo + self.pseudo_label_weight * cross_entropy, terms
+
+    @property
+    def pseudo_label_weight(self) -> float:
+        """Off the codes path, COLUMNS_PSEUDO_LABEL_WEIGHT (runs resumed from checkpoints that
+        did not record the path keep the codes path's)."""
+        on_codes = self.found.get("codes", True)
+        return self.PSEUDO_LABEL_WEIGHT if on_codes else self.COLUMNS_PSEUDO_LABEL_WEIGHT
 
     def state_dict(self) -> dict:
         return {"stage": self.stage, "pretraining": self.pretraining, "placer": self.placer,
