@@ -60,6 +60,8 @@ def fitted_lambda(x: np.ndarray) -> float:
 
 
 def transform(x: np.ndarray, lam: float) -> np.ndarray:
+    """ψ(x; λ): ((x + 1)^λ − 1) / λ for x ≥ 0, −((1 − x)^(2 − λ) − 1) / (2 − λ) below (the
+    logarithms at λ = 0 and λ = 2)."""
     out = np.empty_like(x, dtype=np.float64)
     positive = x >= 0
     up, down = x[positive], -x[~positive]

@@ -3,7 +3,7 @@ of rows, and a prior network initialised to them.
 
 Why: a GMVAE trained from scratch finds poor, seed-dependent clusters (the paper's own K = 10
 spread is 4-10 points). Two ways to find the pseudo-clusters suit different tables:
-- a Gaussian mixture on the columns themselves (standardised, mean-filled gaps redrawn,
+- a Gaussian mixture on the columns themselves (standardised, mean-filled gaps imputed,
   discrete columns dequantised, power-transformed where BIC prefers it, PCA where the table
   is wide): blobs, elongated clusters, most measurement tables;
 - a mixture on a neighbour-graph embedding (UMAP's method, neighbour_embedding.py) of the
@@ -528,11 +528,11 @@ IMPUTE_BLOCK_ELEMENTS = 2**24  # distances computed at once while imputing (~128
 def imputed(values: np.ndarray, gaps: np.ndarray, neighbours: int) -> np.ndarray:
     """Each filled cell (`gaps`, (n, d) bool) takes the median of its column over the
     `neighbours` rows nearest in the other columns among those not filled there (as
-    scikit-learn's KNNImputer, with the lower median instead of the mean: a value the column
-    holds, so a discrete column stays on its grid and is dequantised). Mean-filled cells are a flat sheet through the middle of the
-    clusters, which a full covariance fits with infinite likelihood (10 % of two columns of
-    the anisotropic table took its mixture from ARI 0.99 to 0.43) and the neighbour graph
-    joins; rows' neighbours place them where their own clusters are."""
+    scikit-learn's KNNImputer, with the lower median instead of the mean: a value the
+    column holds, so a discrete column stays on its grid and is dequantised). Mean-filled
+    cells are a flat sheet through the middle of the clusters, which a full covariance fits
+    with unbounded likelihood (10 % of two columns of the anisotropic table missing took its
+    mixture from ARI 0.99 to 0.43); rows' neighbours place them where their clusters are."""
     out = values.copy()
     for j in np.nonzero(gaps.any(axis=0))[0]:
         need, have = np.nonzero(gaps[:, j])[0], np.nonzero(~gaps[:, j])[0]
@@ -554,8 +554,8 @@ def _columns_mixture(space: ColumnsSpace, k: int, seed: int, settings: WarmStart
     """The columns' mixture of lowest BIC over the covariance types, and over the columns
     as they are and power-transformed. The two BICs are comparable on the columns' own
     scale: the transformed density times the transform's Jacobian, one parameter more per
-    λ. Skewed columns (breast cancer's sizes, biopsy's scores) then get components that
-    fit them; columns already near-Gaussian within their clusters keep the plain fit."""
+    λ. Skewed columns (breast cancer's sizes and areas) then get components that fit
+    them; columns already near-Gaussian within their clusters keep the plain fit."""
     plain = _mixture(space.plain, k, seed, settings, timings, settings.columns_covariances)
     if space.powered is None:
         return plain
