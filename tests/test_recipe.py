@@ -632,3 +632,25 @@ def test_mean_filled_gaps_do_not_capture_the_columns_mixture():
         resp, _, _ = warm_start.pseudo_clusters(net, data, spaces, CPU, {}, SMALL)
         scores[name] = ari(labels, resp.argmax(1).numpy())
     assert scores["imputed"] >= 0.9 and scores["filled"] < 0.8
+
+
+def test_the_graph_of_numbers_and_indicators_sees_the_imputed_numbers_too():
+    """With one-hot columns the graph sees plain 0/1 indicators beside the numbers; a filled
+    number is imputed there as in the columns' space, not left at the column's mean."""
+    from gmvae_cli.preprocess import Preprocessor
+
+    rng = np.random.default_rng(3)
+    frame = pd.DataFrame({"a": rng.normal(size=300), "b": rng.normal(size=300),
+                          "kind": rng.choice(["x", "y", "z"], 300)})
+    frame.loc[:29, "a"] = np.nan
+    pre, _ = Preprocessor.fit([frame], ["a", "b", "kind"], "mean", "gaussian", encode=["kind"])
+    data = torch.from_numpy(pre.transform(frame)[0])
+    net = GMVAENet(ModelConfig(input_dim=pre.width, k=3, hidden=(8,)))
+    spaces = warm_start.spaces([net], data, 0, CPU, {}, SMALL, indicators=pre.indicators,
+                               filled=pre.filled)
+    assert spaces.graph_rows is None  # every row distinct: graph_input is the sample's rows
+    graph_a = spaces.graph_input[:, 0]
+    columns_a = spaces.columns[0].plain[:, 0]
+    assert len(np.unique(graph_a[:30])) > 1 and not np.isin(graph_a[:30], [0.0]).any()
+    # the same rows imputed in both: standardised alike, so equal up to float32
+    np.testing.assert_allclose(graph_a, columns_a, rtol=1e-5, atol=1e-5)

@@ -380,6 +380,7 @@ def spaces(nets: list[GMVAENet], sample: torch.Tensor, seed: int, device: torch.
     filled (Preprocessor.filled)."""
     inputs = View.of(None, sample, device)
     columns = inputs(sample, device).numpy().astype(np.float64)  # standardised
+    gaps = None
     if filled is not None and not np.isnan(filled).all():
         gaps = sample.cpu().numpy() == np.asarray(filled, dtype=np.float32)  # NaN matches nothing
         columns = imputed(columns, gaps, settings.impute_neighbours)
@@ -401,6 +402,8 @@ def spaces(nets: list[GMVAENet], sample: torch.Tensor, seed: int, device: torch.
     graph_input, graph_rows = None, None
     if len(sample) >= settings.embed_min_rows:
         values = columns if graph_view is inputs else graph_view(sample, device).numpy()
+        if gaps is not None and not codes and graph_view is not inputs:  # plain indicators
+            values = imputed(values, gaps, settings.impute_neighbours)
         first, rows = distinct_rows(values)
         if len(first) >= settings.embed_min_rows:
             graph_input = _pca(values if codes else values.astype(np.float64),
