@@ -592,9 +592,9 @@ def test_skewed_clusters_are_found_on_power_transformed_columns():
     assert not mixture(blobs.to_numpy(), 3).power
 
 
-def test_a_filled_cell_takes_the_median_of_its_nearest_rows():
+def test_a_filled_cell_takes_the_median_of_its_nearest_rows(monkeypatch):
     """Neighbours by the other columns, among rows not filled in that column; the lower
-    median of five, a value the column holds."""
+    median of five, a value the column holds. Past IMPUTE_DONORS rows, evenly spaced ones."""
     position = np.arange(10.0)
     values = np.column_stack([position, [1, 2, 9, 3, 4, 5, 6, 7, 8, 0.0]])
     gaps = np.zeros_like(values, dtype=bool)
@@ -604,6 +604,9 @@ def test_a_filled_cell_takes_the_median_of_its_nearest_rows():
     assert out[2, 1] == 3.0
     assert out[9, 1] == 6.0  # rows 8, 7, 6, 5, 4: values 8, 7, 6, 5, 4
     np.testing.assert_array_equal(np.delete(out, [2, 9], axis=0), np.delete(values, [2, 9], axis=0))
+    monkeypatch.setattr(warm_start, "IMPUTE_DONORS", 4)  # rows 0, 3, 5, 7 of the 8 not filled
+    capped = warm_start.imputed(values, gaps, neighbours=5)
+    assert capped[9, 1] == 3.0  # all four, values 7, 5, 3, 1: the lower median
 
 
 def test_mean_filled_gaps_do_not_capture_the_columns_mixture():

@@ -526,6 +526,9 @@ def _columns_space(columns: np.ndarray, seed: int, settings: WarmStartSettings) 
 
 
 IMPUTE_BLOCK_ELEMENTS = 2**24  # distances computed at once while imputing (~128 MB)
+# Rows a filled cell looks among for its neighbours (evenly spaced among those not filled):
+# all of a 50,000-row sample took 26 s for 20 columns with a tenth missing each.
+IMPUTE_DONORS = 10_000
 
 
 def imputed(values: np.ndarray, gaps: np.ndarray, neighbours: int) -> np.ndarray:
@@ -541,6 +544,7 @@ def imputed(values: np.ndarray, gaps: np.ndarray, neighbours: int) -> np.ndarray
         need, have = np.nonzero(gaps[:, j])[0], np.nonzero(~gaps[:, j])[0]
         if not len(have):
             continue
+        have = have[:: -(-len(have) // IMPUTE_DONORS)]
         other = torch.from_numpy(np.delete(values, j, axis=1))
         donors = other[have]
         m = min(neighbours, len(have))
