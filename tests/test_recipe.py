@@ -657,3 +657,17 @@ def test_the_graph_of_numbers_and_indicators_sees_the_imputed_numbers_too():
     assert len(np.unique(graph_a[:30])) > 1 and not np.isin(graph_a[:30], [0.0]).any()
     # the same rows imputed in both: standardised alike, so equal up to float32
     np.testing.assert_allclose(graph_a, columns_a, rtol=1e-5, atol=1e-5)
+
+
+def test_a_wide_tables_gaps_are_imputed_from_neighbours_on_principal_components():
+    """Past IMPUTE_MAX_DIMS columns the neighbours are found on the principal components:
+    a filled cell still takes a value of its own cluster's side."""
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 400)
+    values = np.where(labels[:, None] == 1, 2.0, -2.0) + rng.normal(size=(400, 80))
+    gaps = rng.random(values.shape) < 0.05
+    assert values.shape[1] > warm_start.IMPUTE_MAX_DIMS
+    out = warm_start.imputed(np.where(gaps, 0.0, values), gaps, neighbours=5)
+    side = np.where(labels[:, None] == 1, 1.0, -1.0) * np.ones_like(values)
+    assert (np.sign(out[gaps]) == side[gaps]).mean() > 0.95
+    np.testing.assert_array_equal(out[~gaps], values[~gaps])
