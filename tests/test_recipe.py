@@ -326,7 +326,8 @@ def test_on_codes_a_stable_graph_is_kept_without_fitting_the_columns(monkeypatch
     _, _, found = warm_start.pseudo_clusters(net, data, spaces, CPU, {}, settings)
     assert found["chosen"] == "graph" and set(found["stability"]) == {"graph"}
     assert found["stability"]["graph"] >= settings.codes_graph_floor
-    assert fitted == [("full",), ("full",)]  # the graph's two runs only
+    # the graph's two runs and two more layouts' (Spaces.most_modular), no columns
+    assert fitted == [("full",)] * SMALL.codes_layouts
     unreachable = dataclasses.replace(settings, codes_graph_floor=1.01)
     spaces = warm_start.spaces([net], data, 0, CPU, {}, unreachable)
     _, _, found = warm_start.pseudo_clusters(net, data, spaces, CPU, {}, unreachable)
@@ -462,6 +463,43 @@ def test_the_joint_mixture_keeps_the_restart_of_highest_modularity(monkeypatch):
     first = np.unique(spaces.graph_rows, return_index=True)[1]
     np.testing.assert_array_equal(chosen[first], labels[int(modularity.argmax())].numpy())
     assert len(set(modularity.tolist())) > 1  # the restarts differ: the choice mattered
+
+
+def test_on_codes_the_pseudo_clusters_are_the_most_modular_layouts(monkeypatch):
+    """On the codes path the graph way's clusters are one layout's mixture: of the two runs'
+    (seeds 0 and 1) and two more seeds' (2 and 3), the one whose clusters score the highest
+    modularity in the neighbour graph, not the first run's."""
+    frame, _ = make_blobs_frame(n_rows=300, n_features=8, k=3, seed=2)
+    data = torch.tensor(((frame - frame.mean()) / frame.std()).to_numpy(), dtype=torch.float32)
+    torch.manual_seed(0)
+    net = GMVAENet(ModelConfig(input_dim=8, k=3, hidden=(16,)))
+    settings = dataclasses.replace(SMALL, codes_min_rows=100, codes_min_width=5)
+    fitted = []  # (seed, mixture) of every mixture on a layout
+    real = warm_start._mixture
+
+    def recording(space, k, seed, *args):
+        fitted.append((seed, real(space, k, seed, *args)))
+        # the extra layouts' clusters made to differ (rows rotated), so the choice shows;
+        # the two runs stay as they are: their agreement keeps the graph
+        resp = np.roll(fitted[-1][1].resp, max(seed - 1, 0), axis=0)
+        fitted[-1] = (seed, fitted[-1][1]._replace(resp=resp))
+        return fitted[-1][1]
+
+    scored = []
+
+    def modularity(graph, labels, k):
+        scored.append(labels.clone())
+        return torch.tensor([0.1, 0.2, 0.4, 0.3])  # the third layout fits best
+
+    monkeypatch.setattr(warm_start, "_mixture", recording)
+    monkeypatch.setattr(clustering, "modularity", modularity)
+    spaces = warm_start.spaces([net], data, 0, CPU, {}, settings)
+    resp, _, found = warm_start.pseudo_clusters(net, data, spaces, CPU, {}, settings)
+    assert found["chosen"] == "graph" and not found["joined"]
+    assert [seed for seed, _ in fitted] == [0, 1, 2, 3]
+    (labels,) = scored
+    np.testing.assert_array_equal(labels.numpy(), [m.resp.argmax(1) for _, m in fitted])
+    np.testing.assert_array_equal(resp.numpy(), fitted[2][1].resp.astype(np.float32))
 
 
 @pytest.mark.parametrize("min_width, epochs", [(5, 200), (50, None)])
