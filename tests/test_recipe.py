@@ -502,6 +502,23 @@ def test_on_codes_the_pseudo_clusters_are_the_most_modular_layouts(monkeypatch):
     np.testing.assert_array_equal(resp.numpy(), fitted[2][1].resp.astype(np.float32))
 
 
+def test_on_codes_another_k_lays_out_no_layout_again(monkeypatch):
+    """select-k asks one seed's spaces for several Ks: each of the four layouts is laid out
+    once, for the first K, and the next K's mixtures reuse them."""
+    frame, _ = make_blobs_frame(n_rows=300, n_features=8, k=3, seed=2)
+    data = torch.tensor(((frame - frame.mean()) / frame.std()).to_numpy(), dtype=torch.float32)
+    net = GMVAENet(ModelConfig(input_dim=8, k=3, hidden=(16,)))
+    settings = dataclasses.replace(SMALL, codes_min_rows=100, codes_min_width=5)
+    seeds = []
+    real = neighbour_embedding.embed
+    monkeypatch.setattr(neighbour_embedding, "embed",
+                        lambda *args, **kw: seeds.append(kw["seed"]) or real(*args, **kw))
+    spaces = warm_start.spaces([net], data, 0, CPU, {}, settings)
+    for k in (3, 4):
+        spaces.most_modular(k, [m.resp for m in spaces.runs("graph", k, {})], {})
+    assert seeds == [0, 1, 2, 3]
+
+
 @pytest.mark.parametrize("min_width, epochs", [(5, 200), (50, None)])
 def test_the_graph_of_codes_is_laid_out_in_fewer_epochs(monkeypatch, min_width, epochs):
     """Codes: 200 epochs; the columns keep umap-learn's rule (None: 500 up to 10,000 rows)."""

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import numpy as np
@@ -296,6 +296,8 @@ class Spaces:
     # Each sample row's row in graph_input, where the sample repeats rows (None: it does not).
     graph_rows: np.ndarray | None = None
     fuzzy: sp.coo_matrix | None = None  # the neighbour graph, once built (neighbours)
+    # Each seed's layout, laid out once whatever K is, where `memo` does not keep them
+    layouts: dict = field(default_factory=dict)
 
     def neighbours(self, timings: dict[str, float]) -> sp.coo_matrix:
         """UMAP's fuzzy neighbour graph of graph_input's rows: each seed's layout embeds it,
@@ -319,7 +321,7 @@ class Spaces:
 
     def _layout(self, seed: int, timings: dict[str, float]) -> np.ndarray:
         """The neighbour-graph embedding of one seed, for every sample row."""
-        memo = self.memo if self._shares("graph") else {}
+        memo = self.memo if self._shares("graph") else self.layouts
         if ("embedding", seed) not in memo:
             epochs = self.settings.codes_embed_epochs if self.on_codes else None
             layout = _embedding(self.graph_input, self.neighbours(timings), seed, self.settings,
@@ -367,10 +369,11 @@ class Spaces:
         return found[int(self._graph_score(k, timings)(labels).argmax())]
 
     def _graph_score(self, k: int, timings: dict[str, float]) -> Callable:
-        """How the joint mixture picks among its restarts: by the modularity of its clusters
-        in the neighbour graph, not by its likelihood in the layouts, which only draw the
-        graph. On digits the likeliest of 10 restarts often merged two digits and split a
-        third, and the graph's own communities did not (docs/model.md).
+        """How the joint mixture picks among its restarts, and the codes path among its
+        layouts (most_modular): by the modularity of their clusters in the neighbour graph,
+        not by their likelihood in the layouts, which only draw the graph. On digits the
+        likeliest of 10 restarts often merged two digits and split a third, and the graph's
+        own communities did not (docs/model.md).
         Not for the two runs whose agreement is the graph way's stability: both seeds share
         the graph, so restarts picked by it agree even where the graph has no K clusters
         (iris), and the graph would win over the columns where they are the better way."""
