@@ -376,10 +376,12 @@ def main() -> None:
         plan = [run for run in plan if run[0] == args.rerun]
     runs = [run_gmvae(name, sets[name], k, seed, extra, folder)
             for name, k, seeds, extra in plan for seed in seeds]
-    found = []
+    found, reruns = [], []  # reruns: what replaced part of the full run since, in order
     if args.rerun:
         saved = json.loads((RESULTS / "quality.json").read_text())
         found = saved["baselines"]
+        reruns = [r for r in saved.get("reruns", []) if r.split()[1] != args.rerun]
+        reruns.append(f"--rerun {args.rerun}{' --with-n2d' if args.with_n2d else ''}")
         runs = [r for r in saved["runs"] if r["data"] != args.rerun] + runs
         if args.with_n2d:
             found = [b for b in found if (b["data"], b["method"]) != (args.rerun, N2D)] + \
@@ -388,9 +390,10 @@ def main() -> None:
         found = baselines("mnist", sets["mnist"]) + baselines("usps", sets["usps"])
     report = {
         "date": date.today().isoformat(),
-        "command": ("`make bench-quick`" if args.quick else "`make bench`"
-                    + (f" (then `python -m benchmarks.quality --rerun {args.rerun}"
-                       f"{' --with-n2d' if args.with_n2d else ''}`)" if args.rerun else "")),
+        "command": ("`make bench-quick`" if args.quick else "`make bench`" + (
+            " (then " + " and ".join(f"`python -m benchmarks.quality {r}`" for r in reruns) + ")"
+            if reruns else "")),
+        "reruns": reruns,
         "machine": machine(),
         "matmul_gflops": matmul_peak_gflops(),
         "runs": runs, "summary": summarise(runs), "baselines": found,
