@@ -350,7 +350,7 @@ class Spaces:
         memo = self.memo if self._shares("graph") else {}
         key = ("joint", k, *self.seeds)
         if key not in memo:
-            more = range(self.seeds[-1] + 1, self.seeds[0] + self.settings.joint_layouts)
+            more = self._more_seeds(self.settings.joint_layouts)
             layouts = self.graph(timings) + [self._layout(s, timings) for s in more]
             joined = np.hstack(layouts).astype(np.float64)
             memo[key] = _mixture(joined, k, self.seeds[0], self.settings, timings, ("full",),
@@ -361,12 +361,15 @@ class Spaces:
         """Of the mixtures on settings.codes_layouts layouts, each alone (`runs`: the seeds'
         own runs' responsibilities, then more layouts from the next seeds), the
         responsibilities of the one whose clusters fit the neighbour graph best."""
-        more = range(self.seeds[-1] + 1, self.seeds[0] + self.settings.codes_layouts)
         found = list(runs) + [
             _mixture(self._layout(s, timings), k, s, self.settings, timings, ("full",)).resp
-            for s in more]
+            for s in self._more_seeds(self.settings.codes_layouts)]
         labels = torch.stack([torch.from_numpy(resp.argmax(1)) for resp in found])
         return found[int(self._graph_score(k, timings)(labels).argmax())]
+
+    def _more_seeds(self, layouts: int) -> range:
+        """The seeds of the layouts after the two runs' own, `layouts` in all."""
+        return range(self.seeds[-1] + 1, self.seeds[0] + layouts)
 
     def _graph_score(self, k: int, timings: dict[str, float]) -> Callable:
         """How the joint mixture picks among its restarts, and the codes path among its
